@@ -42,7 +42,7 @@ class Grid:
     @property
     def rasterio_crs(self) -> CRS:
         """The CRS as a rasterio object."""
-        return CRS.from_wkt(self.crs)
+        return CRS.from_user_input(self.crs)
 
     @property
     def resolution(self) -> tuple[float, float]:
@@ -52,8 +52,8 @@ class Grid:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in CRS units."""
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (self.width, self.height)
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
     def window(self, x0: int, y0: int, x1: int, y1: int) -> Grid:
@@ -62,7 +62,7 @@ class Grid:
         y0, y1 = max(0, y0), min(self.height, y1)
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"empty window {x0}_{y0}_{x1}_{y1} of a {self.width}x{self.height} grid")
-        return Grid(self.crs, self.transform * Affine.translation(x0, y0), y1 - y0, x1 - x0)
+        return Grid(self.crs, self.transform @ Affine.translation(x0, y0), y1 - y0, x1 - x0)
 
     def bounds_in(self, crs: str) -> tuple[float, float, float, float]:
         """Bounds of this grid transformed to another CRS (densified edges)."""

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_OWNED = "_btfm_handler"
 
 
 def setup_logging(log_file: str | os.PathLike[str] | None = None, verbosity: int = 0) -> None:
@@ -19,10 +20,12 @@ def setup_logging(log_file: str | os.PathLike[str] | None = None, verbosity: int
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+        if getattr(handler, _OWNED, False):  # leave handlers of others (e.g. pytest) alone
+            root.removeHandler(handler)
+            handler.close()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler()
+    setattr(console, _OWNED, True)
     console.setLevel(level)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(console)
@@ -31,6 +34,7 @@ def setup_logging(log_file: str | os.PathLike[str] | None = None, verbosity: int
         file_handler = logging.FileHandler(log_file)
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(logging.Formatter(FORMAT))
+        setattr(file_handler, _OWNED, True)
         root.addHandler(file_handler)
     for noisy in ("rasterio", "urllib3", "fiona", "pyogrio", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

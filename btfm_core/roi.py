@@ -38,7 +38,7 @@ class Roi:
             if window is None:
                 data = src.read(1)
             else:
-                col, row = ~self.grid.transform * (window.transform.c, window.transform.f)
+                col, row = ~self.grid.transform @ (window.transform.c, window.transform.f)
                 win = Window(round(col), round(row), window.width, window.height)
                 data = src.read(1, window=win)
         return (data != 0).astype(np.uint8)

@@ -324,6 +324,20 @@ class TileWriter:
         self._written.add(name)
         return np.lib.format.open_memmap(self.folder / name, mode="w+", dtype=dtype, shape=shape)
 
+    def shrink_dates(self, name: str, n_dates: int) -> None:
+        """Keep only the first ``n_dates`` slices of an allocated array (copied slice by slice)."""
+        path = self.folder / name
+        old = np.load(path, mmap_mode="r")
+        if old.shape[0] == n_dates:
+            return
+        tmp = path.with_name(f"shrink-{name}")
+        new = np.lib.format.open_memmap(tmp, mode="w+", dtype=old.dtype, shape=(n_dates, *old.shape[1:]))
+        for index in range(n_dates):
+            new[index] = old[index]
+        new.flush()
+        del new, old
+        tmp.replace(path)
+
     def write_array(self, name: str, array: np.ndarray) -> None:
         """Write a whole array (cast to the contract dtype) under a contract file name."""
         dtype = _ARRAY_SPECS[name][0]

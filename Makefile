@@ -1,0 +1,30 @@
+# BTFM developer and demo targets. Everything installs into ./.venv from this repo's own files.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+DEMO_DIR ?= demo_run
+
+.PHONY: help venv test lint demo bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+venv: $(VENV)/.installed  ## create .venv with pinned dependencies and BTFM (editable)
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VPY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+test: venv  ## run the whole test suite (network disabled)
+	$(VPY) -m pytest
+
+lint: venv  ## ruff
+	$(VPY) -m ruff check .
+
+demo: venv  ## run the full chain on the embedded Belgian sample into $(DEMO_DIR)/
+	bash scripts/demo.sh $(DEMO_DIR)
+
+clean:  ## remove the demo output and caches (keeps .venv)
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

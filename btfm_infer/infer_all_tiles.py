@@ -1,0 +1,208 @@
+"""Fan tiles out to CPU and GPU worker processes and embed them all.
+
+``infer_all_tiles.sh`` is a thin wrapper around :func:`main`. Tiles already embedded are
+skipped; each worker writes through temporary names, so an interrupted run resumes cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from btfm_infer.checkpoint import load_model
+from tqdm import tqdm
+
+from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.errors import BTFMError
+from btfm_core.fileio import ensure_writable_dir, remove_stale_temporaries
+from btfm_core.logs import setup_logging
+from btfm_core.tiles import TileId, list_tiles, read_tile
+from btfm_infer.tile_inference import representation_path
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "btfm_demo.pt"
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """The tiles one worker process embeds, and how."""
+
+    name: str
+    device: str
+    threads: int
+    batch_size: int
+    tiles: tuple[TileId, ...]
+
+
+def parse_split(text: str) -> tuple[int, int]:
+    """Parse a ``CPU:GPU`` tile ratio such as ``1:1`` or ``3:1``."""
+    try:
+        cpu, gpu = (int(part) for part in text.split(":"))
+    except ValueError as exc:
+        raise BTFMError(f"--cpu-gpu-split '{text}' is not CPU:GPU, e.g. 1:1 or 3:1") from exc
+    if cpu < 0 or gpu < 0 or cpu + gpu == 0:
+        raise BTFMError(f"--cpu-gpu-split '{text}' needs non-negative parts, not both 0")
+    return cpu, gpu
+
+
+def plan_workers(tiles: Sequence[TileId], split: tuple[int, int], max_cpu: int, n_gpu: int, cores: int,
+                 cpu_batch_size: int, gpu_batch_size: int) -> list[WorkerPlan]:
+    """Split tiles between CPU and GPU workers by the ratio, interleaved, then round-robin.
+
+    With no GPU (``n_gpu == 0``) every tile goes to CPU workers; with ``max_cpu == 0`` every
+    tile goes to the GPUs. CPU workers share ``cores`` threads evenly.
+    """
+    cpu_weight, gpu_weight = split
+    if n_gpu == 0:
+        cpu_weight, gpu_weight = 1, 0
+    elif max_cpu == 0:
+        cpu_weight, gpu_weight = 0, 1
+    fraction = gpu_weight / (cpu_weight + gpu_weight)
+    gpu_tiles = [t for i, t in enumerate(tiles) if int((i + 1) * fraction) > int(i * fraction)]
+    gpu_set = set(gpu_tiles)
+    cpu_tiles = [t for t in tiles if t not in gpu_set]
+    plans: list[WorkerPlan] = []
+    n_cpu = min(max_cpu, len(cpu_tiles))
+    threads = max(1, cores // max(1, n_cpu))
+    for k in range(n_cpu):
+        plans.append(WorkerPlan(f"cpu_{k}", "cpu", threads, cpu_batch_size, tuple(cpu_tiles[k::n_cpu])))
+    n_gpu_workers = min(n_gpu, len(gpu_tiles))
+    for k in range(n_gpu_workers):
+        plans.append(WorkerPlan(f"gpu_{k}", f"cuda:{k}", 1, gpu_batch_size,
+                                tuple(gpu_tiles[k::n_gpu_workers])))
+    return plans
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command line of the inference step."""
+    parser = argparse.ArgumentParser(
+        prog="infer_all_tiles.sh",
+        description="Embed every tile folder with the BTFM model, fanning tiles out to CPU and GPU "
+                    "worker processes. Writes representation_retiled/<tile>.npy (H, W, 128) float32.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+               "  infer_all_tiles.sh --tiles-dir my_data/retiled_d_pixel \\\n"
+               "      --output-dir my_data/representation_retiled --checkpoint checkpoints/btfm_demo.pt\n"
+               "  infer_all_tiles.sh --tiles-dir T --output-dir O --checkpoint best_model.pt \\\n"
+               "      --cpu-gpu-split 1:4 --max-cpu 2 --max-gpu 1 --cores 16 --gpu-batch-size 4096\n",
+    )
+    parser.add_argument("--tiles-dir", type=Path, required=True, help="retiled_d_pixel folder")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="where <tile>.npy go (default: representation_retiled beside --tiles-dir)")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
+    parser.add_argument("--cpu-gpu-split", default="1:1", help="share of tiles for CPU:GPU workers")
+    parser.add_argument("--max-cpu", type=int, default=1, help="CPU worker processes")
+    parser.add_argument("--max-gpu", type=int, default=1, help="GPU worker processes (one per GPU)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1,
+                        help="CPU threads shared by the CPU workers")
+    parser.add_argument("--cpu-batch-size", type=int, default=1024, help="pixels per CPU forward pass")
+    parser.add_argument("--gpu-batch-size", type=int, default=8192, help="pixels per GPU forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the observation sampling")
+    parser.add_argument("--repeat", type=int, default=1, help="average this many sampling draws")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="per-process logs (default: logs/ beside --tiles-dir)")
+    add_verbosity(parser)
+    return parser
+
+
+def _worker_command(plan: WorkerPlan, args: argparse.Namespace, log_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "btfm_infer.worker", "--tiles-dir", str(args.tiles_dir),
+            "--output-dir", str(args.output_dir), "--checkpoint", str(args.checkpoint),
+            "--device", plan.device, "--threads", str(plan.threads),
+            "--batch-size", str(plan.batch_size), "--seed", str(args.seed),
+            "--repeat", str(args.repeat), "--log-file", str(log_dir / f"infer_{plan.name}.log"),
+            "-q", "--tiles", *(t.name for t in plan.tiles)]
+
+
+def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: Path) -> None:
+    """Start the workers, show progress, stop them all cleanly on Ctrl-C or a failure."""
+    total = sum(len(p.tiles) for p in plans)
+    outputs = [representation_path(args.output_dir, t) for p in plans for t in p.tiles]
+    procs = {p.name: subprocess.Popen(_worker_command(p, args, log_dir), stdout=subprocess.DEVNULL)
+             for p in plans}
+    failed: list[str] = []
+    try:
+        with tqdm(total=total, desc="tiles", unit="tile", file=sys.stderr) as bar:
+            while procs:
+                time.sleep(0.2)
+                bar.update(sum(path.exists() for path in outputs) - bar.n)
+                for name, proc in list(procs.items()):
+                    if proc.poll() is not None:
+                        del procs[name]
+                        if proc.returncode != 0:
+                            failed.append(name)
+                if failed:
+                    break
+            bar.update(sum(path.exists() for path in outputs) - bar.n)
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping %d worker(s); finished tiles are kept", len(procs))
+        raise
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGINT)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if failed:
+        logs = ", ".join(str(log_dir / f"infer_{name}.log") for name in failed)
+        raise BTFMError(f"worker(s) {', '.join(failed)} failed; see {logs}")
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Embed all pending tiles; exit 0 on success, 2 on bad input or a failed worker."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.tiles_dir = args.tiles_dir.expanduser().resolve()
+    base = args.tiles_dir.parent
+    args.output_dir = (args.output_dir or base / "representation_retiled").expanduser().resolve()
+    log_dir = (args.log_dir or base / "logs").expanduser().resolve()
+    setup_logging(None, args.verbosity)
+    split = parse_split(args.cpu_gpu_split)
+    if min(args.max_cpu, args.max_gpu) < 0 or args.max_cpu + args.max_gpu == 0:
+        raise BTFMError("--max-cpu and --max-gpu must be >= 0 and not both 0")
+    if min(args.cores, args.cpu_batch_size, args.gpu_batch_size, args.repeat) < 1:
+        raise BTFMError("--cores, --cpu-batch-size, --gpu-batch-size and --repeat must be >= 1")
+    tiles = list_tiles(args.tiles_dir)
+    ensure_writable_dir(args.output_dir, "output folder (--output-dir)")
+    ensure_writable_dir(log_dir, "log folder (--log-dir)")
+    setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)
+    load_model(args.checkpoint, "cpu")  # fail early on a missing or foreign checkpoint
+    remove_stale_temporaries(args.output_dir)
+    pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
+    for tile in pending:
+        read_tile(args.tiles_dir / tile.name)  # validates the tile contract before any work
+    n_gpu = torch.cuda.device_count() if args.max_gpu > 0 else 0
+    if split[1] > 0 and args.max_gpu > 0 and n_gpu == 0:
+        log.warning("no CUDA GPU found: the GPU share of tiles runs on the CPU workers")
+    plans = plan_workers(pending, split, args.max_cpu if n_gpu else max(1, args.max_cpu),
+                         min(n_gpu, args.max_gpu), args.cores, args.cpu_batch_size, args.gpu_batch_size)
+    log.info("%d tile(s), %d already done, %d to embed with %s", len(tiles), len(tiles) - len(pending),
+             len(pending), ", ".join(f"{p.name} ({len(p.tiles)} tiles, {p.threads} threads)" for p in plans)
+             or "no worker")
+    started = time.perf_counter()
+    if plans:
+        run_workers(plans, args, log_dir)
+    seconds = time.perf_counter() - started
+    pixels = sum(int(read_tile(args.tiles_dir / t.name).roi.sum()) for t in pending)
+    log.info("embedded %d tile(s), %d px in %.1f s (%.0f px/s); outputs in %s", len(pending), pixels,
+             seconds, pixels / max(seconds, 1e-9), args.output_dir)
+    print(args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

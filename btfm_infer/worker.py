@@ -1,0 +1,100 @@
+"""One inference worker process: embeds a list of tiles on one device.
+
+Started by :mod:`btfm_infer.infer_all_tiles`; can also be run by hand for a single tile::
+
+    python -m btfm_infer.worker --tiles-dir D --output-dir O --checkpoint C --tiles 0_0_500_500
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from btfm_infer.checkpoint import load_model
+
+from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.logs import setup_logging
+from btfm_core.tiles import TileId
+from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
+
+log = logging.getLogger(__name__)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA out-of-memory error."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_tiles(model: torch.nn.Module, tiles_dir: Path, output_dir: Path, tiles: Sequence[TileId],
+              options: InferenceOptions) -> tuple[int, int]:
+    """Embed each tile not yet done; halve the batch on GPU out-of-memory.
+
+    Returns:
+        (tiles written, pixels embedded).
+    """
+    written = pixels = 0
+    batch = options.batch_size
+    for tile in tiles:
+        out_path = representation_path(output_dir, tile)
+        if out_path.exists():
+            log.info("tile %s already done, skipped", tile.name)
+            continue
+        started = time.perf_counter()
+        while True:
+            try:
+                count = infer_tile(model, tiles_dir / tile.name, out_path,
+                                   InferenceOptions(options.seed, options.repeat, batch))
+                break
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc) or batch <= 1:
+                    raise
+                batch //= 2
+                torch.cuda.empty_cache()
+                log.warning("out of memory on tile %s; retrying with batch size %d", tile.name, batch)
+        seconds = time.perf_counter() - started
+        log.info("tile %s: %d px in %.1f s (%.0f px/s)", tile.name, count, seconds,
+                 count / max(seconds, 1e-9))
+        written += 1
+        pixels += count
+    return written, pixels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command line of one worker."""
+    parser = argparse.ArgumentParser(prog="python -m btfm_infer.worker", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--tiles-dir", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--tiles", nargs="+", required=True, help="tile names to embed")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--log-file", type=Path, default=None)
+    add_verbosity(parser)
+    return parser
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one worker; prints ``<tiles written> <pixels>`` on stdout."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_file, args.verbosity)
+    torch.set_num_threads(max(1, args.threads))
+    model = load_model(args.checkpoint, args.device)
+    tiles = [TileId.parse(name) for name in args.tiles]
+    written, pixels = run_tiles(model, args.tiles_dir, args.output_dir, tiles,
+                                InferenceOptions(args.seed, args.repeat, args.batch_size))
+    print(written, pixels)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

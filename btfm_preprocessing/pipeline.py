@@ -1,0 +1,301 @@
+"""Preprocessing entry point: ROI + date ranges -> tile folders of S2/S1 time series.
+
+``main_pipeline.sh`` is a thin wrapper around :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.errors import BTFMError, NoScenesFoundError
+from btfm_core.fileio import atomic_path, ensure_writable_dir, remove_stale_temporaries
+from btfm_core.logs import setup_logging
+from btfm_core.roi import Roi, open_roi
+from btfm_core.tiles import (
+    DEFAULT_TILE_SIZE,
+    ORBIT_DIRECTIONS,
+    TileId,
+    TileWriter,
+    read_tile,
+    read_tile_metadata,
+    tile_layout,
+    write_run_metadata,
+)
+from btfm_preprocessing.period import Period, parse_period
+from btfm_preprocessing.reader import gdal_env
+from btfm_preprocessing.sources import SOURCES, SceneSource
+from btfm_preprocessing.stac import Scene
+from btfm_preprocessing.stack import build_tile, group_by_day, split_by_orbit
+
+log = logging.getLogger(__name__)
+
+TILES_DIRNAME = "retiled_d_pixel"
+CACHE_DIRNAME = "cache"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CATALOG = REPO_ROOT / "data" / "demo_belgium" / "catalog.json"
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Validated settings of one preprocessing run."""
+
+    roi: Roi
+    s2_period: Period
+    s1_period: Period
+    data_dir: Path
+    source: str
+    catalog: str | None
+    tile_size: int
+    workers: int
+    max_cloud: float
+    keep_intermediate: bool
+    overwrite: bool
+
+    @property
+    def tiles_dir(self) -> Path:
+        """Where tile folders go."""
+        return self.data_dir / TILES_DIRNAME
+
+    @property
+    def run_key(self) -> str:
+        """Hash of what determines tile contents; a tile made with another key is not reused."""
+        parts = [self.source, str(self.catalog), str(self.s2_period), str(self.s1_period),
+                 str(self.max_cloud), str(self.roi.grid)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of the preprocessing step."""
+    parser = argparse.ArgumentParser(
+        prog="main_pipeline.sh",
+        description="Search and read Sentinel-2 L2A and Sentinel-1 backscatter for an ROI, mask "
+                    "clouds, stack by date and write tile folders (retiled_d_pixel/<x0>_<y0>_<x1>_<y1>/).",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+               "  main_pipeline.sh my_data/roi.tiff 2021-01-01 2021-12-31 2021-01-01 2021-12-31 1\n"
+               "  main_pipeline.sh demo/roi.tiff 2020-11-01 2021-10-31 2020-11-01 2021-10-31 1 \\\n"
+               "      --source local --catalog data/demo_belgium/catalog.json --tile-size 50\n",
+    )
+    parser.add_argument("roi", help="ROI GeoTIFF (10 m, projected CRS, non-zero = inside)")
+    parser.add_argument("s2_start", help="first Sentinel-2 date, YYYY-MM-DD")
+    parser.add_argument("s2_end", help="last Sentinel-2 date, YYYY-MM-DD (inclusive)")
+    parser.add_argument("s1_start", help="first Sentinel-1 date, YYYY-MM-DD")
+    parser.add_argument("s1_end", help="last Sentinel-1 date, YYYY-MM-DD (inclusive)")
+    parser.add_argument("downsample", nargs="?", type=int, default=1,
+                        help="spatial downsampling factor of the seed's interface; only 1 (10 m) "
+                             "is supported")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="run folder for tiles, logs and caches (default: the ROI's folder)")
+    parser.add_argument("--source", choices=sorted(SOURCES), default="local",
+                        help="where scenes come from")
+    parser.add_argument("--catalog", default=None,
+                        help="STAC catalog (path or file:// URL) for --source local "
+                             f"(default: {DEFAULT_CATALOG.relative_to(REPO_ROOT)})")
+    parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="tile size in pixels")
+    parser.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2),
+                        help="parallel asset reads")
+    parser.add_argument("--max-cloud", type=float, default=90.0,
+                        help="skip S2 scenes with more cloud cover than this (percent)")
+    parser.add_argument("--keep-intermediate", action="store_true",
+                        help="keep the search cache under <data-dir>/cache after the run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild tiles made by a run with other settings instead of failing")
+    parser.add_argument("--log-file", type=Path, default=None,
+                        help="log file (default: <data-dir>/logs/preprocess.log)")
+    add_verbosity(parser)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
+    """Validate the parsed arguments (ROI, dates, flags) before any work starts."""
+    if args.downsample != 1:
+        raise BTFMError(f"DOWNSAMPLE={args.downsample} is not supported; pass 1 (tiles are always "
+                        "on the ROI's 10 m grid)")
+    if args.tile_size <= 0:
+        raise BTFMError(f"--tile-size must be positive, got {args.tile_size}")
+    if args.workers <= 0:
+        raise BTFMError(f"--workers must be positive, got {args.workers}")
+    roi = open_roi(args.roi)
+    s2_period = parse_period(args.s2_start, args.s2_end, "S2")
+    s1_period = parse_period(args.s1_start, args.s1_end, "S1")
+    data_dir = (args.data_dir or roi.path.parent).expanduser().resolve()
+    catalog = args.catalog
+    if args.source == "local":
+        catalog = str(Path(catalog or DEFAULT_CATALOG).expanduser().resolve())
+    return PreprocessSettings(roi=roi, s2_period=s2_period, s1_period=s1_period, data_dir=data_dir,
+                              source=args.source, catalog=catalog, tile_size=args.tile_size,
+                              workers=args.workers, max_cloud=args.max_cloud,
+                              keep_intermediate=args.keep_intermediate, overwrite=args.overwrite)
+
+
+def _scene_to_json(scene: Scene) -> dict[str, object]:
+    data = dataclasses.asdict(scene)
+    data["acquired"] = scene.acquired.isoformat()
+    return data
+
+
+def _scene_from_json(data: dict[str, object]) -> Scene:
+    return Scene(**{**data, "acquired": dt.datetime.fromisoformat(str(data["acquired"]))})  # type: ignore[arg-type]
+
+
+def search_scenes(settings: PreprocessSettings, source: SceneSource) -> tuple[list[Scene], list[Scene]]:
+    """Search S2 and S1 scenes once per run; the result is cached so a resumed run skips it."""
+    cache = settings.data_dir / CACHE_DIRNAME / f"search-{settings.run_key}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        log.info("reusing search results from %s", cache)
+        return ([_scene_from_json(s) for s in cached["s2"]], [_scene_from_json(s) for s in cached["s1"]])
+    grid = settings.roi.grid
+    with tqdm(total=2, desc="search", unit="collection", file=sys.stderr) as bar:
+        s2 = source.search_s2(grid, settings.s2_period, settings.max_cloud)
+        bar.update()
+        s1 = source.search_s1(grid, settings.s1_period)
+        bar.update()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        tmp.write_text(json.dumps({"s2": [_scene_to_json(s) for s in s2],
+                                   "s1": [_scene_to_json(s) for s in s1]}))
+    return s2, s1
+
+
+@dataclass
+class RunSummary:
+    """Figures printed at the end of a run."""
+
+    tiles_total: int = 0
+    tiles_written: int = 0
+    tiles_skipped: int = 0
+    s2_scenes: int = 0
+    s1_scenes: int = 0
+    valid_counts: list[np.ndarray] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self, tiles_dir: Path) -> list[str]:
+        """Human-readable summary."""
+        valid = np.concatenate(self.valid_counts) if self.valid_counts else np.zeros(0, np.int32)
+        stats = (f"mean {valid.mean():.1f}, min {valid.min()}, max {valid.max()}" if valid.size else "n/a")
+        return [
+            f"tiles: {self.tiles_total} ({self.tiles_written} written, {self.tiles_skipped} already done)",
+            f"scenes: {self.s2_scenes} Sentinel-2, {self.s1_scenes} Sentinel-1",
+            f"valid S2 observations per ROI pixel: {stats}",
+            f"output: {tiles_dir}",
+            f"time: {self.seconds:.1f} s",
+        ]
+
+
+def _tile_is_current(folder: Path, run_key: str) -> bool:
+    return read_tile_metadata(folder).get("run_key") == run_key
+
+
+def run(settings: PreprocessSettings) -> RunSummary:
+    """Write every tile of the ROI that is not already done; return the run's figures."""
+    started = time.perf_counter()
+    ensure_writable_dir(settings.tiles_dir, "tiles folder (--data-dir)")
+    removed = remove_stale_temporaries(settings.tiles_dir)
+    if removed:
+        log.info("removed %d unfinished tile(s) of an interrupted run", removed)
+    source = SOURCES[settings.source](settings.catalog)
+    roi_grid = settings.roi.grid
+    tiles: list[tuple[TileId, np.ndarray]] = []
+    for tile in tile_layout(roi_grid.height, roi_grid.width, settings.tile_size):
+        mask = settings.roi.read_mask(tile.grid(roi_grid))
+        if mask.any():
+            tiles.append((tile, mask))
+    summary = RunSummary(tiles_total=len(tiles))
+    log.info("ROI %s: %dx%d px, %d px inside, %d tile(s) of %d px", settings.roi.path, roi_grid.width,
+             roi_grid.height, settings.roi.inside_pixels, len(tiles), settings.tile_size)
+
+    pending = []
+    for tile, mask in tiles:
+        folder = settings.tiles_dir / tile.name
+        if folder.is_dir():
+            if _tile_is_current(folder, settings.run_key):
+                summary.tiles_skipped += 1
+                masks = read_tile(folder).masks
+                summary.valid_counts.append(masks.sum(axis=0, dtype=np.int32)[mask != 0])
+                continue
+            if not settings.overwrite:
+                raise BTFMError(f"tile {folder} was made by a run with other settings (dates, source "
+                                "or ROI); pass --overwrite to rebuild it or use another --data-dir")
+        pending.append((tile, mask))
+
+    with gdal_env():
+        s2_scenes, s1_scenes = search_scenes(settings, source)
+    summary.s2_scenes, summary.s1_scenes = len(s2_scenes), len(s1_scenes)
+    if not s2_scenes:
+        raise NoScenesFoundError(
+            f"no Sentinel-2 scene found for {settings.s2_period} over the ROI in source "
+            f"'{settings.source}' ({settings.catalog or ''}) with cloud cover <= {settings.max_cloud}%; "
+            "check the dates, the ROI location or --max-cloud")
+    if not s1_scenes:
+        log.warning("no Sentinel-1 scene found for %s; tiles get empty S1 series", settings.s1_period)
+    s2_days = group_by_day(s2_scenes)
+    s1_days = {d: group_by_day(scenes) for d, scenes in split_by_orbit(s1_scenes).items()}
+    log.info("%d S2 acquisition days, S1 days: %s", len(s2_days),
+             ", ".join(f"{d} {len(s1_days[d])}" for d in ORBIT_DIRECTIONS))
+
+    metadata = {"run_key": settings.run_key, **source.describe()}
+    with gdal_env(), ThreadPoolExecutor(settings.workers) as pool:
+        for tile, mask in tqdm(pending, desc="tiles", unit="tile", file=sys.stderr):
+            tile_grid = tile.grid(roi_grid)
+            with TileWriter(settings.tiles_dir, tile, tile_grid, mask, metadata) as writer:
+                stats = build_tile(writer, tile_grid, s2_days, s1_days, pool)
+            log.info("tile %s: %d S2 dates, S1 %s", tile.name, stats.s2_dates, stats.s1_dates)
+            summary.valid_counts.append(stats.valid_per_pixel)
+            summary.tiles_written += 1
+
+    write_run_metadata(settings.tiles_dir, {
+        **source.describe(),
+        "run_key": settings.run_key,
+        "roi": str(settings.roi.path),
+        "s2_period": str(settings.s2_period),
+        "s1_period": str(settings.s1_period),
+        "max_cloud": settings.max_cloud,
+        "tile_size": settings.tile_size,
+        "s2_scenes": len(s2_scenes),
+        "s1_scenes": len(s1_scenes),
+        "s1_backscatter_recorded": sorted({str(s.properties.get("btfm:backscatter", "unknown"))
+                                           for s in s1_scenes}),
+        "s2_notes": sorted({f"B8A from {s.properties['btfm:b8a_substitute']}" for s in s2_scenes
+                            if "btfm:b8a_substitute" in s.properties}),
+    })
+    if not settings.keep_intermediate:
+        shutil.rmtree(settings.data_dir / CACHE_DIRNAME, ignore_errors=True)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run preprocessing from the command line; exit code 0 on success, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    setup_logging(None, args.verbosity)
+    settings = settings_from_args(args)
+    ensure_writable_dir(settings.data_dir, "run folder (--data-dir)")
+    setup_logging(args.log_file or settings.data_dir / "logs" / "preprocess.log", args.verbosity)
+    summary = run(settings)
+    for line in summary.lines(settings.tiles_dir):
+        log.info("%s", line)
+    print(settings.tiles_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

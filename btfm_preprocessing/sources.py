@@ -1,0 +1,101 @@
+"""Where scenes come from: each source is a STAC root plus a few attributes.
+
+Sentinel-2 and Sentinel-1 sources differ only in collections, asset keys and what kind of
+backscatter they serve; search and read code is shared (:mod:`btfm_preprocessing.stac`,
+:mod:`btfm_preprocessing.reader`). New backends (Earth Search, Planetary Computer, Sentinel Hub,
+ASF) are new entries in :data:`SOURCES` built on the same protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from btfm_core.grid import Grid
+from btfm_preprocessing.period import Period
+from btfm_preprocessing.stac import Scene, search_items, to_scene
+
+log = logging.getLogger(__name__)
+
+#: Earth Search style asset keys for the S2 bands of the tile contract, plus SCL.
+EARTH_SEARCH_S2_ASSETS: Mapping[str, str] = {
+    "B04": "red", "B02": "blue", "B03": "green", "B08": "nir", "B8A": "nir08",
+    "B05": "rededge1", "B06": "rededge2", "B07": "rededge3", "B11": "swir16", "B12": "swir22",
+    "SCL": "scl",
+}
+#: Planetary Computer style S1 RTC asset keys.
+RTC_S1_ASSETS: Mapping[str, str] = {"VV": "vv", "VH": "vh"}
+#: Item properties copied into the run metadata.
+RECORDED_PROPERTIES = ("platform", "constellation", "btfm:backscatter", "sar:product_type",
+                       "btfm:b8a_substitute", "s2:processing_baseline")
+
+
+class SceneSource(Protocol):
+    """What the pipeline needs from a data source."""
+
+    name: str
+
+    def search_s2(self, grid: Grid, period: Period, max_cloud: float) -> list[Scene]:
+        """S2 L2A scenes over ``grid`` in ``period`` with at most ``max_cloud`` % cloud."""
+        ...
+
+    def search_s1(self, grid: Grid, period: Period) -> list[Scene]:
+        """S1 backscatter scenes (linear power, VV and VH) over ``grid`` in ``period``."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """Provenance recorded in the run metadata (collections, backscatter kind)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StacSource:
+    """A STAC root serving S2 L2A COGs (with SCL) and S1 linear backscatter COGs.
+
+    Attributes:
+        name: source name given on the command line.
+        root: STAC API URL, or static catalog path / ``file://`` URL.
+        s2_collection: collection id of S2 L2A items.
+        s1_collection: collection id of S1 backscatter items.
+        backscatter: what the S1 assets hold (e.g. ``gamma0 RTC``, ``sigma0``), when the items
+            do not say it themselves (property ``btfm:backscatter``).
+        s2_assets: contract band name -> S2 asset key.
+        s1_assets: contract band name -> S1 asset key.
+    """
+
+    name: str
+    root: str
+    s2_collection: str = "sentinel-2-l2a"
+    s1_collection: str = "sentinel-1-rtc"
+    backscatter: str = "unknown"
+    s2_assets: Mapping[str, str] = field(default_factory=lambda: dict(EARTH_SEARCH_S2_ASSETS))
+    s1_assets: Mapping[str, str] = field(default_factory=lambda: dict(RTC_S1_ASSETS))
+
+    def search_s2(self, grid: Grid, period: Period, max_cloud: float) -> list[Scene]:
+        """S2 scenes over the grid, oldest first."""
+        items = search_items(self.root, self.s2_collection, grid.lonlat_bounds(), period,
+                             query={"eo:cloud_cover": {"lte": max_cloud}})
+        return [to_scene(item, self.s2_assets, RECORDED_PROPERTIES) for item in items]
+
+    def search_s1(self, grid: Grid, period: Period) -> list[Scene]:
+        """S1 scenes over the grid, oldest first."""
+        items = search_items(self.root, self.s1_collection, grid.lonlat_bounds(), period)
+        return [to_scene(item, self.s1_assets, RECORDED_PROPERTIES) for item in items]
+
+    def describe(self) -> dict[str, object]:
+        """Collections, root and backscatter kind for the run metadata."""
+        return {"source": self.name, "root": self.root, "s2_collection": self.s2_collection,
+                "s1_collection": self.s1_collection, "s1_backscatter": self.backscatter}
+
+
+def local_source(catalog: str | Path) -> StacSource:
+    """A static STAC catalog on disk (e.g. the embedded demo sample)."""
+    path = Path(catalog).expanduser().resolve()
+    return StacSource(name="local", root=str(path), backscatter="as recorded in each item")
+
+
+#: Source name -> constructor taking the ``--catalog`` value (None when not needed).
+SOURCES = {"local": local_source}

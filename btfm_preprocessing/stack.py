@@ -1,0 +1,172 @@
+"""Stack scenes into one tile: per acquisition day, read, mask, harmonise, mosaic, encode.
+
+Memory is bounded by one tile: each day's arrays are (H, W, bands) and go straight into the
+tile's memory-mapped ``bands.npy`` / ``sar_*.npy``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.enums import Resampling
+
+from btfm_core.grid import Grid
+from btfm_core.tiles import (
+    BANDS_FILE,
+    DOYS_FILE,
+    MASKS_FILE,
+    ORBIT_DIRECTIONS,
+    S1_BANDS,
+    S2_BANDS,
+    TileWriter,
+    sar_doy_file,
+    sar_file,
+)
+from btfm_preprocessing.encoding import (
+    day_of_year,
+    encode_s1_db,
+    harmonise_reflectance,
+    has_boa_offset,
+    scl_valid_mask,
+)
+from btfm_preprocessing.reader import read_on_grid
+from btfm_preprocessing.stac import Scene
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AcquisitionDay:
+    """All scenes of one sensor (and orbit direction) acquired on one day."""
+
+    day: dt.date
+    scenes: tuple[Scene, ...]
+
+    @property
+    def doy(self) -> int:
+        """Day of year, 1-366."""
+        return day_of_year(self.day)
+
+
+def group_by_day(scenes: Iterable[Scene]) -> list[AcquisitionDay]:
+    """Group scenes by acquisition day, sorted by day of year (the tile contract's order)."""
+    by_day: dict[dt.date, list[Scene]] = defaultdict(list)
+    for scene in scenes:
+        by_day[scene.day].append(scene)
+    days = [AcquisitionDay(day, tuple(sorted(group, key=lambda s: s.id)))
+            for day, group in by_day.items()]
+    return sorted(days, key=lambda d: (d.doy, d.day))
+
+
+def split_by_orbit(scenes: Iterable[Scene]) -> dict[str, list[Scene]]:
+    """S1 scenes per orbit direction (``ascending``/``descending``); unknown ones are dropped."""
+    out: dict[str, list[Scene]] = {direction: [] for direction in ORBIT_DIRECTIONS}
+    for scene in scenes:
+        direction = (scene.orbit_state or "").lower()
+        if direction in out:
+            out[direction].append(scene)
+        else:
+            log.warning("S1 scene %s has no orbit direction (sat:orbit_state); skipped", scene.id)
+    return out
+
+
+def read_s2_day(day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mosaic one day's S2 granules onto ``grid``, valid pixels first.
+
+    Returns:
+        ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no granule covers the grid.
+    """
+    out = np.zeros((grid.height, grid.width, len(S2_BANDS)), np.uint16)
+    out_valid = np.zeros(grid.shape, bool)
+    out_covered = np.zeros(grid.shape, bool)
+    for scene in day.scenes:
+        scl = read_on_grid(scene.assets["SCL"], grid, Resampling.nearest, "uint8", 0)
+        covered = scl != 0
+        if not covered.any():
+            continue
+        reads = pool.map(
+            lambda band, s=scene: read_on_grid(s.assets[band], grid, Resampling.bilinear, "uint16", 0),
+            S2_BANDS)
+        bands = np.stack(list(reads), axis=-1)
+        bands = harmonise_reflectance(bands, has_boa_offset(scene.day, scene.processing_baseline))
+        valid = scl_valid_mask(scl).astype(bool) & bands.any(axis=-1)
+        take = (valid & ~out_valid) | (covered & ~out_covered)
+        out[take] = bands[take]
+        out_valid |= valid
+        out_covered |= covered
+    if not out_covered.any():
+        return None
+    return out, out_valid.astype(np.uint8)
+
+
+def read_s1_day(day: AcquisitionDay, grid: Grid, pool: Executor) -> np.ndarray | None:
+    """Mosaic one day's S1 scenes onto ``grid`` in the int16 dB encoding.
+
+    Returns:
+        (H, W, 2) int16 (VV, VH; 0 = no data), or None if no scene covers the grid.
+    """
+    out = np.zeros((grid.height, grid.width, len(S1_BANDS)), np.int16)
+    for scene in day.scenes:
+        reads = pool.map(lambda band, s=scene: read_on_grid(s.assets[band], grid, Resampling.bilinear,
+                                                            "float32", np.nan), S1_BANDS)
+        codes = encode_s1_db(np.stack(list(reads), axis=-1))
+        take = codes.any(axis=-1) & ~out.any(axis=-1)
+        out[take] = codes[take]
+    return out if out.any() else None
+
+
+@dataclass(frozen=True)
+class TileStats:
+    """What went into one tile."""
+
+    s2_dates: int
+    s1_dates: dict[str, int]
+    valid_per_pixel: np.ndarray  # (n_roi_pixels,) count of valid S2 observations
+
+
+def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay],
+               s1_days: dict[str, list[AcquisitionDay]], pool: Executor) -> TileStats:
+    """Fill an open :class:`TileWriter` with every day that has data over the tile."""
+    bands = writer.allocate_bands(len(s2_days))
+    masks = writer.allocate_masks(len(s2_days))
+    kept: list[AcquisitionDay] = []
+    for day in s2_days:
+        result = read_s2_day(day, grid, pool)
+        if result is None:
+            continue
+        bands[len(kept)], masks[len(kept)] = result
+        kept.append(day)
+    bands.flush()
+    masks.flush()
+    valid_per_pixel = masks[: len(kept)].sum(axis=0, dtype=np.int32)[writer.roi_mask != 0]
+    del bands, masks
+    writer.shrink_dates(BANDS_FILE, len(kept))
+    writer.shrink_dates(MASKS_FILE, len(kept))
+    writer.write_array(DOYS_FILE, np.array([d.doy for d in kept], np.uint16))
+    s1_kept: dict[str, list[str]] = {}
+    for direction in ORBIT_DIRECTIONS:
+        days = s1_days.get(direction, [])
+        sar = writer.allocate_sar(direction, len(days))
+        kept_s1: list[AcquisitionDay] = []
+        for day in days:
+            codes = read_s1_day(day, grid, pool)
+            if codes is not None:
+                sar[len(kept_s1)] = codes
+                kept_s1.append(day)
+        sar.flush()
+        del sar
+        writer.shrink_dates(sar_file(direction), len(kept_s1))
+        writer.write_array(sar_doy_file(direction), np.array([d.doy for d in kept_s1], np.int32))
+        s1_kept[direction] = [d.day.isoformat() for d in kept_s1]
+    writer.metadata.update({
+        "s2_dates": [d.day.isoformat() for d in kept],
+        "s2_scenes": [[s.id for s in d.scenes] for d in kept],
+        **{f"s1_{direction}_dates": dates for direction, dates in s1_kept.items()},
+    })
+    return TileStats(len(kept), {k: len(v) for k, v in s1_kept.items()}, valid_per_pixel)

@@ -1,0 +1,104 @@
+"""The whole chain on a crop of the embedded Belgian sample: ROI -> tiles -> embeddings -> GeoTIFF."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from btfm_core.roi import open_roi
+from btfm_core.tiles import list_tiles, read_tile
+from btfm_infer import convert_npy2tiff, infer_all_tiles, stitch_tiled_representation
+from btfm_preprocessing import pipeline
+from tests.conftest import DEMO_DIR
+
+DATES = ["2020-11-01", "2021-10-31", "2020-11-01", "2021-10-31", "1"]
+
+
+def crop_roi(out: Path, col: int = 20, row: int = 30, width: int = 40, height: int = 40) -> Path:
+    """Write a window of the sample's ROI (keeps its outside pixels) as a new ROI file."""
+    with rasterio.open(DEMO_DIR / "roi.tiff") as src:
+        window = Window(col, row, width, height)
+        profile = {**src.profile, "width": width, "height": height,
+                   "transform": src.window_transform(window)}
+        data = src.read(1, window=window)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data, 1)
+    return out
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (logs excluded)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "logs" not in p.parts}
+
+
+def run_chain(run_dir: Path, seed: int = 0) -> None:
+    """The README's commands, in-process."""
+    roi = run_dir / "roi.tiff"
+    assert pipeline.main([str(roi), *DATES, "--source", "local", "--catalog",
+                          str(DEMO_DIR / "catalog.json"), "--tile-size", "20", "-q"]) == 0
+    assert infer_all_tiles.main(["--tiles-dir", str(run_dir / "retiled_d_pixel"), "--seed", str(seed),
+                                 "--max-cpu", "2", "--cores", "2", "-q"]) == 0
+    assert stitch_tiled_representation.main([
+        "--representation-dir", str(run_dir / "representation_retiled"), "--roi", str(roi),
+        "--tiles-dir", str(run_dir / "retiled_d_pixel"), "--out-dir", str(run_dir), "--overwrite", "-q"]) == 0
+    assert convert_npy2tiff.main([
+        "--npy", str(run_dir / "stitched_representation.npy"), "--ref-tiff", str(roi),
+        "--out", str(run_dir / "stitched_representation.tif"), "--overwrite", "-q"]) == 0
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    crop_roi(run_dir / "roi.tiff")
+    run_chain(run_dir)
+    return run_dir
+
+
+def test_tiles_follow_the_contract(demo_run: Path) -> None:
+    tiles = list_tiles(demo_run / "retiled_d_pixel")
+    assert [t.name for t in tiles] == ["0_0_20_20", "20_0_40_20", "0_20_20_40", "20_20_40_40"]
+    tile = read_tile(demo_run / "retiled_d_pixel" / "0_0_20_20")
+    # 12 monthly composites; Dec and Jan are fully cloudy but kept as (masked) dates
+    assert tile.bands.shape[1:] == (20, 20, 10) and tile.doys.tolist() == sorted(tile.doys.tolist())
+    assert tile.sar_ascending.shape[0] > 0 and tile.sar_descending.shape[0] == 0
+    assert tile.masks.any() and (tile.bands[tile.masks == 1] > 0).any()
+
+
+def test_outputs_have_roi_grid_and_zero_outside(demo_run: Path) -> None:
+    roi = open_roi(demo_run / "roi.tiff")
+    mask = roi.read_mask()
+    stitched = np.load(demo_run / "stitched_representation.npy")
+    assert stitched.shape == (40, 40, 128) and stitched.dtype == np.float32
+    assert not stitched[mask == 0].any()
+    inside = stitched[mask == 1]
+    assert np.abs(inside).sum(axis=1).min() > 0
+    assert inside.std(axis=0).mean() > 1e-3  # not constant across pixels
+    with rasterio.open(demo_run / "stitched_representation.tif") as src:
+        assert src.crs == roi.grid.rasterio_crs and src.transform == roi.grid.transform
+        assert src.count == 128
+        data = src.read(1)
+        assert np.isnan(data[mask == 0]).all()
+        np.testing.assert_array_equal(data[mask == 1], stitched[..., 0][mask == 1])
+    assert (demo_run / "stitched_representation.png").is_file()
+
+
+def test_same_seed_is_byte_identical(demo_run: Path, tmp_path: Path) -> None:
+    crop_roi(tmp_path / "roi.tiff")
+    run_chain(tmp_path)
+    for name in ("stitched_representation.npy", "stitched_representation.tif"):
+        assert (tmp_path / name).read_bytes() == (demo_run / name).read_bytes()
+
+
+def test_rerun_skips_every_tile_and_changes_nothing(demo_run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    before = digest(demo_run)
+    run_chain(demo_run)
+    assert digest(demo_run) == before
+    log = (demo_run / "logs" / "preprocess.log").read_text()
+    assert "(0 written, 4 already done)" in log
+    assert "0 to embed" in (demo_run / "logs" / "infer_all_tiles.log").read_text()
