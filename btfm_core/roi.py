@@ -90,4 +90,4 @@ def open_roi(path: str | os.PathLike[str]) -> Roi:
     if inside == 0:
         raise InvalidROIError(f"ROI file {path} has no pixel inside the region (all zero). "
                               "Check the shapefile or the burn value.")
-    return Roi(path=path, grid=grid, inside_pixels=inside)
+    return Roi(path=path.resolve(), grid=grid, inside_pixels=inside)
