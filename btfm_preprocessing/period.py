@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from btfm_core.errors import InvalidDateRangeError
 
 
-
 @dataclass(frozen=True)
 class Period:
     """An inclusive date range of at most one year (so days of year do not repeat)."""

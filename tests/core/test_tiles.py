@@ -99,7 +99,7 @@ def test_writer_rejects_inconsistent_dates(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     folder = _write_tile(tmp_path, TileId(0, 0, 20, 10))
     (folder / "masks.npy").unlink()
-    with pytest.raises(TileFormatError, match="missing masks.npy"):
+    with pytest.raises(TileFormatError, match=r"missing masks\.npy"):
         read_tile(folder)
 
 
@@ -113,7 +113,7 @@ def test_wrong_dtype_is_named(tmp_path: Path) -> None:
 def test_wrong_shape_is_named(tmp_path: Path) -> None:
     folder = _write_tile(tmp_path, TileId(0, 0, 20, 10))
     np.save(folder / "masks.npy", np.zeros((3, 10, 21), np.uint8))
-    with pytest.raises(TileFormatError, match="masks.npy"):
+    with pytest.raises(TileFormatError, match=r"masks\.npy"):
         read_tile(folder)
 
 
