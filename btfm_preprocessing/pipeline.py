@@ -41,7 +41,7 @@ from btfm_core.tiles import (
 from btfm_preprocessing.period import Period, parse_period
 from btfm_preprocessing.reader import gdal_env
 from btfm_preprocessing.sources import SOURCES, SceneSource
-from btfm_preprocessing.stac import Scene
+from btfm_preprocessing.stac import Scene, local_path
 from btfm_preprocessing.stack import build_tile, group_by_day, split_by_orbit
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
     data_dir = (args.data_dir or roi.path.parent).expanduser().resolve()
     catalog = args.catalog
     if args.source == "local":
-        catalog = str(Path(catalog or DEFAULT_CATALOG).expanduser().resolve())
+        catalog = str(local_path(str(catalog or DEFAULT_CATALOG)).expanduser().resolve())
     return PreprocessSettings(roi=roi, s2_period=s2_period, s1_period=s1_period, data_dir=data_dir,
                               source=args.source, catalog=catalog, tile_size=args.tile_size,
                               workers=args.workers, max_cloud=args.max_cloud,

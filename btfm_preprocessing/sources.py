@@ -16,7 +16,7 @@ from typing import Protocol
 
 from btfm_core.grid import Grid
 from btfm_preprocessing.period import Period
-from btfm_preprocessing.stac import Scene, search_items, to_scene
+from btfm_preprocessing.stac import Scene, local_path, search_items, to_scene
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class StacSource:
 
 def local_source(catalog: str | Path) -> StacSource:
     """A static STAC catalog on disk (e.g. the embedded demo sample)."""
-    path = Path(catalog).expanduser().resolve()
+    path = local_path(str(catalog)).expanduser().resolve()
     return StacSource(name="local", root=str(path), backscatter="as recorded in each item")
 
 

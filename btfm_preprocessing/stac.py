@@ -56,7 +56,7 @@ def _is_url(root: str) -> bool:
     return urlparse(root).scheme in ("http", "https")
 
 
-def _local_path(root: str) -> Path:
+def local_path(root: str) -> Path:
     parsed = urlparse(root)
     return Path(parsed.path) if parsed.scheme == "file" else Path(root)
 
@@ -70,7 +70,7 @@ def _item_datetime(item: pystac.Item) -> dt.datetime:
 
 def _static_items(root: str, collection: str, bbox: tuple[float, float, float, float],
                   period: Period) -> Iterator[pystac.Item]:
-    path = _local_path(root)
+    path = local_path(root)
     if not path.exists():
         raise SourceError(f"STAC catalog {path} does not exist; pass --catalog with the path of a "
                           "catalog.json (e.g. data/demo_belgium/catalog.json)")
