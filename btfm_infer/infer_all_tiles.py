@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from btfm_infer.checkpoint import load_model
 from tqdm import tqdm
 
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
@@ -26,6 +25,7 @@ from btfm_core.errors import BTFMError
 from btfm_core.fileio import ensure_writable_dir, remove_stale_temporaries
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId, list_tiles, read_tile
+from btfm_infer.checkpoint import load_model
 from btfm_infer.tile_inference import representation_path
 
 log = logging.getLogger(__name__)

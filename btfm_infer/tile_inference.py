@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from btfm_infer.embed import embed_pixels
 
 from btfm_core.fileio import atomic_path
 from btfm_core.tiles import TileId, read_tile
+from btfm_infer.embed import embed_pixels
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from btfm_infer.checkpoint import load_model
 
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId
+from btfm_infer.checkpoint import load_model
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Barlow Twins pre-training of BTFM models and their linear-probe evaluation."""
