@@ -144,7 +144,8 @@ def load_worldcereal_wide(path: Path, mapping: dict[str, str] | None = None) -> 
     s1 = np.stack([np.stack([column("SAR", p, "20m", t) for p in ("VV", "VH")], -1) for t in steps], axis=1)
     start = pd.to_datetime(table["start_date"]).to_numpy().astype("datetime64[M]")
     dates = (start[:, None] + np.arange(len(steps))[None, :]).astype("datetime64[D]")
-    labels = _label_names(table["ewoc_code"], mapping) if "ewoc_code" in table else _label_names(table["sample_id"], None)
+    has_codes = "ewoc_code" in table
+    labels = _label_names(table["ewoc_code" if has_codes else "sample_id"], mapping if has_codes else None)
     return _series_from_cube(s2, s1, dates, labels, table["sample_id"].to_numpy())
 
 
@@ -162,7 +163,8 @@ def load_tiles(tiles_dir: Path, max_pixels: int | None = None, seed: int = 0) ->
             s2_bands=arrays.bands[:, rows, cols].swapaxes(0, 1), s2_masks=arrays.masks[:, rows, cols].T,
             s2_doys=np.broadcast_to(arrays.doys, (n, len(arrays.doys))).copy(), s1=sar[:, order],
             s1_doys=np.broadcast_to(sar_doys[order], (n, len(sar_doys))).astype(np.int32),
-            labels=np.full(n, "", dtype=object), groups=np.array([f"{tile.name}/{r}_{c}" for r, c in zip(rows, cols)])))
+            labels=np.full(n, "", dtype=object),
+            groups=np.array([f"{tile.name}/{r}_{c}" for r, c in zip(rows, cols, strict=True)])))
     series = concat(parts)
     if max_pixels is not None and len(series) > max_pixels:
         pick = np.sort(np.random.default_rng(seed).choice(len(series), max_pixels, replace=False))

@@ -54,7 +54,7 @@ def test_learning_rate_warms_up_then_decays() -> None:
 
 def test_two_views_are_different_draws_of_one_pixel() -> None:
     data = synthetic()
-    s2a, s1a, s2b, s1b = make_views(data, np.arange(8), np.random.default_rng(0))
+    s2a, s1a, s2b, _ = make_views(data, np.arange(8), np.random.default_rng(0))
     assert s2a.shape == (8, 40, 11) and s1a.shape == (8, 40, 3)
     assert not torch.equal(s2a, s2b)
     assert set(np.unique(s2a[..., -1].numpy())) <= set(data.s2_doys[0].tolist())
