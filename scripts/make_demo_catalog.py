@@ -26,7 +26,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.warp import transform_bounds, transform_geom
-from shapely.geometry import box, mapping
+from shapely.geometry import Polygon, box, mapping
 
 log = logging.getLogger("make_demo_catalog")
 
@@ -87,9 +87,9 @@ def build(source: Path, out: Path) -> tuple[int, int]:
     bounds = (transform10.c, transform10.f - 10 * height, transform10.c + 10 * width, transform10.f)
     footprint = transform_geom(f"EPSG:{EPSG}", "EPSG:4326", mapping(box(*bounds)))
     bbox = list(transform_bounds(f"EPSG:{EPSG}", "EPSG:4326", *bounds))
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    for generated in ("sentinel-2-l2a", "sentinel-1-rtc"):  # README.md and LICENSE are kept
+        shutil.rmtree(out / generated, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
     extent = pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent(
         [[dt.datetime.combine(days[0], dt.time(12), dt.timezone.utc),
           dt.datetime.combine(days[-1], dt.time(12), dt.timezone.utc)]]))
@@ -157,7 +157,8 @@ def write_rois(out: Path, transform: Affine, height: int, width: int) -> None:
                        dtype="uint8", crs=CRS.from_epsg(EPSG), transform=transform, compress="deflate") as dst:
         dst.write(inside.astype(np.uint8), 1)
     left, top = transform.c, transform.f
-    polygon = box(left + 50, top - 10 * height + 50, left + 10 * width - 50, top - 50)
+    west, south, east, north = left + 50, top - 10 * height + 50, left + 10 * width - 50, top - 50
+    polygon = Polygon([(west, south), (east, south), (east, north - 300), (east - 300, north), (west, north)])
     geometry = transform_geom(f"EPSG:{EPSG}", "EPSG:4326", mapping(polygon), precision=7)
     feature = {"type": "Feature", "properties": {"name": "BTFM demo ROI (Belgium)"}, "geometry": geometry}
     (out / "roi.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]},
