@@ -67,6 +67,16 @@ def utm_epsg_for(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
+def check_resolution(resolution: float) -> None:
+    """Reject a pixel size that is not a positive, finite number of metres.
+
+    Raises:
+        BTFMError: naming ``--resolution`` and the value given.
+    """
+    if not (math.isfinite(resolution) and resolution > 0):
+        raise BTFMError(f"--resolution must be a positive number of metres, got {resolution:g}")
+
+
 def _polygon_parts(geom: BaseGeometry | None) -> list[BaseGeometry]:
     """The polygonal parts of a geometry (collections are searched recursively)."""
     if geom is None or geom.is_empty:
@@ -105,7 +115,7 @@ def read_polygons(path: str | Path, layer: str | None = None) -> tuple[BaseGeome
         raise InvalidROIError(f"vector file {path} does not exist (--shapefile). Give a shapefile, "
                               "GeoJSON or GeoPackage with the ROI polygons.")
     try:
-        meta, _fids, wkbs, _fields = pyogrio.raw.read(path, layer=layer, read_geometry=True)
+        meta, _fids, wkbs, _fields = pyogrio.raw.read(path, layer=layer, columns=[], read_geometry=True)
     except Exception as exc:  # pyogrio raises several DataSource/DataLayer errors
         raise InvalidROIError(f"cannot read vector file {path}"
                               f"{f' layer {layer!r}' if layer else ''}: {exc}") from exc
@@ -167,14 +177,18 @@ def roi_grid_for(geometry: BaseGeometry, crs: str, resolution: float = PIPELINE_
         ``resolution``, geometry reprojected to the grid's CRS).
 
     Raises:
-        BTFMError: non-positive resolution, unknown or geographic ``epsg``.
+        BTFMError: non-positive resolution; unknown ``epsg``, or one that is geographic or not
+            in metres.
     """
-    if not resolution > 0 or not math.isfinite(resolution):
-        raise BTFMError(f"--resolution must be a positive number of metres, got {resolution:g}")
+    check_resolution(resolution)
     src = CRS.from_user_input(crs)
     if epsg is None:
         centroid = _reproject(geometry, src, _WGS84).centroid
         epsg = utm_epsg_for(centroid.x, centroid.y)
+        if not -80.0 <= centroid.y <= 84.0:
+            log.warning("the ROI centre (latitude %.2f) is outside the UTM zones (80°S..84°N); using "
+                        "EPSG:%d, but a polar CRS given with --epsg (e.g. 3413, 3031) distorts less",
+                        centroid.y, epsg)
     try:
         dst = CRS.from_epsg(epsg)
     except CRSError as exc:
@@ -182,6 +196,10 @@ def roi_grid_for(geometry: BaseGeometry, crs: str, resolution: float = PIPELINE_
     if not dst.is_projected:
         raise BTFMError(f"--epsg {epsg} ({dst.name}) is not a projected CRS; the ROI needs metres, "
                         "e.g. a UTM zone 326xx/327xx")
+    units = {axis.unit_name for axis in dst.axis_info}
+    if units != {"metre"}:
+        raise BTFMError(f"--epsg {epsg} ({dst.name}) has axes in {', '.join(sorted(units))}; the ROI "
+                        "needs metres, e.g. a UTM zone 326xx/327xx")
     projected = _reproject(geometry, src, dst)
     minx, miny, maxx, maxy = projected.bounds
     left = math.floor(minx / resolution) * resolution
@@ -246,6 +264,7 @@ def convert(shapefile: str | Path, out: str | Path, *, resolution: float = PIPEL
         OutputNotWritableError: output folder not writable.
     """
     out = Path(out)
+    check_resolution(resolution)
     if not 1 <= burn_value <= 255:
         raise BTFMError(f"--burn-value must be in 1..255 (uint8, 0 = outside), got {burn_value}")
     if out.is_dir():

@@ -12,6 +12,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import rasterio.features
 import shapely
 
 from btfm_core.errors import InvalidROIError
@@ -67,10 +68,22 @@ def test_utm_epsg_for(lon: float, lat: float, epsg: int) -> None:
     assert conv.utm_epsg_for(lon, lat) == epsg
 
 
+def pixel_shape(path: Path) -> shapely.Geometry:
+    """Union of the non-zero pixels of a raster, vectorised in its CRS."""
+    with rasterio.open(path) as src:
+        data = src.read(1)
+        polys = [shapely.geometry.shape(geom) for geom, _ in
+                 rasterio.features.shapes(data, mask=data != 0, transform=src.transform)]
+    return shapely.union_all(polys)
+
+
+ROUND_TRIP_POLY = shapely.Polygon([(664003, 5611007), (665517, 5611203), (665890, 5612488),
+                                   (664702, 5612911), (664121, 5612305)])
+
+
 def test_round_trip_utm_polygon(tmp_path: Path) -> None:
     # An irregular polygon in UTM 31N; the burned area must be within one perimeter band of it.
-    poly = shapely.Polygon([(664003, 5611007), (665517, 5611203), (665890, 5612488),
-                            (664702, 5612911), (664121, 5612305)])
+    poly = ROUND_TRIP_POLY
     shp = write_vector(tmp_path / "roi.shp", [poly], "EPSG:32631", "ESRI Shapefile")
     out = tmp_path / "roi.tiff"
     assert conv.main(["--shapefile", str(shp), "--out", str(out)]) == 0
@@ -87,6 +100,19 @@ def test_round_trip_utm_polygon(tmp_path: Path) -> None:
     burned = np.count_nonzero(data) * 100.0
     assert abs(burned - poly.area) <= poly.length * 10
     assert set(np.unique(data)) == {0, 1}
+    # Pixel centres inside: the pixels' outline and the polygon differ by less than a pixel diagonal.
+    pixels = pixel_shape(out)
+    assert pixels.buffer(10 * 2**0.5).covers(poly)
+    assert poly.buffer(10 * 2**0.5).covers(pixels)
+
+
+def test_round_trip_all_touched_covers_polygon(tmp_path: Path) -> None:
+    shp = write_vector(tmp_path / "roi.shp", [ROUND_TRIP_POLY], "EPSG:32631", "ESRI Shapefile")
+    out = tmp_path / "roi.tiff"
+    assert conv.main(["--shapefile", str(shp), "--out", str(out), "--all-touched", "-q"]) == 0
+    pixels = pixel_shape(out)
+    assert pixels.covers(ROUND_TRIP_POLY)
+    assert ROUND_TRIP_POLY.buffer(10 * 2**0.5).covers(pixels)
 
 
 def test_wgs84_geojson_picks_utm_31(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,6 +164,16 @@ def test_gpkg_layer_and_epsg_override(tmp_path: Path) -> None:
     assert conv.main(["--shapefile", str(vec), "--layer", "nope", "--out", str(out), "--overwrite"]) == 2
 
 
+def test_epsg_not_in_metres_rejected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = write_geojson(tmp_path / "roi.geojson", [square(-73.9, 40.7)])
+    out = tmp_path / "roi.tiff"
+    assert conv.main(["--shapefile", str(src), "--out", str(out), "--epsg", "2263"]) == 2  # US feet
+    assert "needs metres" in caplog.text
+    assert conv.main(["--shapefile", str(src), "--out", str(out), "--epsg", "4326"]) == 2
+    assert "not a projected CRS" in caplog.text
+    assert not out.exists()
+
+
 @pytest.mark.filterwarnings("ignore:'crs' was not provided:UserWarning")
 def test_no_crs_lonlat_assumed_wgs84(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shp = write_vector(tmp_path / "roi.shp", [square(4.7, 50.8)], None, "ESRI Shapefile")
@@ -167,6 +203,14 @@ def test_resolution_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     with rasterio.open(out) as src_ds:
         assert src_ds.res == (20.0, 20.0)
         assert src_ds.transform.c % 20 == 0
+
+
+@pytest.mark.parametrize("resolution", ["0", "-5", "nan"])
+def test_bad_resolution(tmp_path: Path, caplog: pytest.LogCaptureFixture, resolution: str) -> None:
+    src = write_geojson(tmp_path / "roi.geojson", [square(4.7, 50.8)])
+    assert conv.main(["--shapefile", str(src), "--out", str(tmp_path / "r.tiff"), "--resolution", resolution]) == 2
+    assert "--resolution must be a positive number" in caplog.text
+    assert "needs a 10 m ROI" not in caplog.text
 
 
 def test_missing_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

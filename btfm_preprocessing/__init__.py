@@ -1,0 +1,1 @@
+"""Preprocessing: ROI conversion, scene search and reading, and tile writing for BTFM."""
