@@ -60,11 +60,15 @@ def test_round_trip(tmp_path):
 
 def test_demo_checkpoint_loads():
     from pathlib import Path
+    import json
+
     path = Path(__file__).parents[2] / "checkpoints" / "btfm_demo.pt"
-    if not path.exists():
-        pytest.skip("demo checkpoint not built")
     assert path.stat().st_size < 5e6
-    assert "untrained" in read_checkpoint_metadata(path)["model_card"].lower()
+    meta = read_checkpoint_metadata(path)
+    assert "Barlow Twins" in meta["model_card"] and "Not the official" in meta["model_card"]
+    report = json.loads(meta["training_report"])
+    assert report["data"]["probe_test"] > 0 and set(report["probe"]) == {
+        "trained", "untrained_same_architecture", "raw_bands_logistic_regression"}
     assert load_model(path).config.d_model == 64
 
 
