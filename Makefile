@@ -4,10 +4,10 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 DEMO_DIR ?= demo_run
 
-.PHONY: help venv test lint demo bench clean
+.PHONY: help venv test lint demo bench clean train-demo
 
 help:  ## list targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
 venv: $(VENV)/.installed  ## create .venv with pinned dependencies and BTFM (editable)
 
@@ -28,3 +28,9 @@ demo: venv  ## run the full chain on the embedded Belgian sample into $(DEMO_DIR
 
 clean:  ## remove the demo output and caches (keeps .venv)
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
+
+bench: venv  ## inference benchmark: the seed's algorithm vs ours (prints figures, not a test)
+	$(VPY) scripts/bench_inference.py --dims both
+
+train-demo: venv  ## re-train checkpoints/btfm_demo.pt (needs ../shared/data)
+	bash scripts/train_demo.sh
