@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-batch-size", type=int, default=8192, help="pixels per GPU forward pass")
     parser.add_argument("--seed", type=int, default=0, help="seed of the observation sampling")
     parser.add_argument("--repeat", type=int, default=1, help="average this many sampling draws")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16 autocast: about 2x faster on CPUs with AVX-512 bf16 and on GPUs, "
+                             "embeddings agree with fp32 to a cosine of about 0.999")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="per-process logs (default: logs/ beside --tiles-dir)")
     add_verbosity(parser)
@@ -121,7 +124,8 @@ def _worker_command(plan: WorkerPlan, args: argparse.Namespace, log_dir: Path) -
             "--output-dir", str(args.output_dir), "--checkpoint", str(args.checkpoint),
             "--device", plan.device, "--threads", str(plan.threads),
             "--batch-size", str(plan.batch_size), "--seed", str(args.seed),
-            "--repeat", str(args.repeat), "--log-file", str(log_dir / f"infer_{plan.name}.log"),
+            "--repeat", str(args.repeat), "--precision", args.precision,
+            "--log-file", str(log_dir / f"infer_{plan.name}.log"),
             "-q", "--tiles", *(t.name for t in plan.tiles)]
 
 

@@ -31,6 +31,11 @@ class InferenceOptions:
     seed: int = 0
     repeat: int = 1
     batch_size: int = 1024
+    precision: str = "fp32"
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """bf16 autocast when asked for (about 2x faster on CPUs with AVX-512 bf16 and on GPUs)."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 def rows_per_block(width: int, n_s2: int, n_s1: int) -> int:
@@ -75,14 +80,15 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
                 """(N, T, ...) series of the ROI pixels of this block."""
                 return np.moveaxis(np.asarray(series[:, row0:row1])[:, rows, cols], 0, 1)
 
-            vectors = embed_pixels(
-                model,
-                pixels(arrays.bands), pixels(arrays.masks), np.asarray(arrays.doys),
-                pixels(arrays.sar_ascending), np.asarray(arrays.sar_ascending_doy),
-                pixels(arrays.sar_descending), np.asarray(arrays.sar_descending_doy),
-                seed=options.seed, repeat=options.repeat, batch_size=options.batch_size,
-                seed_key=(tile.x0, tile.y0, row0),
-            )
+            with options.autocast(next(model.parameters()).device):
+                vectors = embed_pixels(
+                    model,
+                    pixels(arrays.bands), pixels(arrays.masks), np.asarray(arrays.doys),
+                    pixels(arrays.sar_ascending), np.asarray(arrays.sar_ascending_doy),
+                    pixels(arrays.sar_descending), np.asarray(arrays.sar_descending_doy),
+                    seed=options.seed, repeat=options.repeat, batch_size=options.batch_size,
+                    seed_key=(tile.x0, tile.y0, row0),
+                )
             out[row0 + rows, cols] = vectors
             embedded += len(rows)
         out.flush()

@@ -48,7 +48,7 @@ def run_tiles(model: torch.nn.Module, tiles_dir: Path, output_dir: Path, tiles: 
         while True:
             try:
                 count = infer_tile(model, tiles_dir / tile.name, out_path,
-                                   InferenceOptions(options.seed, options.repeat, batch))
+                                   InferenceOptions(options.seed, options.repeat, batch, options.precision))
                 break
             except RuntimeError as exc:
                 if not is_out_of_memory(exc) or batch <= 1:
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--log-file", type=Path, default=None)
     add_verbosity(parser)
     return parser
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.checkpoint, args.device)
     tiles = [TileId.parse(name) for name in args.tiles]
     written, pixels = run_tiles(model, args.tiles_dir, args.output_dir, tiles,
-                                InferenceOptions(args.seed, args.repeat, args.batch_size))
+                                InferenceOptions(args.seed, args.repeat, args.batch_size, args.precision))
     print(written, pixels)
     return 0
 

@@ -102,3 +102,19 @@ def test_rerun_skips_every_tile_and_changes_nothing(demo_run: Path, caplog: pyte
     log = (demo_run / "logs" / "preprocess.log").read_text()
     assert "(0 written, 4 already done)" in log
     assert "0 to embed" in (demo_run / "logs" / "infer_all_tiles.log").read_text()
+
+
+def test_bf16_agrees_with_fp32(demo_run: Path, tmp_path: Path) -> None:
+    from btfm_infer import load_model
+    from btfm_infer.infer_all_tiles import DEFAULT_CHECKPOINT
+    from btfm_infer.tile_inference import InferenceOptions, infer_tile
+
+    model = load_model(DEFAULT_CHECKPOINT)
+    out = tmp_path / "0_0_20_20.npy"
+    infer_tile(model, demo_run / "retiled_d_pixel" / "0_0_20_20", out, InferenceOptions(precision="bf16"))
+    fast = np.load(out).reshape(-1, 128)
+    exact = np.load(demo_run / "representation_retiled" / "0_0_20_20.npy").reshape(-1, 128)
+    inside = np.abs(exact).sum(axis=1) > 0
+    cos = (fast[inside] * exact[inside]).sum(1) / (
+        np.linalg.norm(fast[inside], axis=1) * np.linalg.norm(exact[inside], axis=1))
+    assert cos.mean() > 0.99

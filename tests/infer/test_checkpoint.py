@@ -59,8 +59,8 @@ def test_round_trip(tmp_path):
 
 
 def test_demo_checkpoint_loads():
-    from pathlib import Path
     import json
+    from pathlib import Path
 
     path = Path(__file__).parents[2] / "checkpoints" / "btfm_demo.pt"
     assert path.stat().st_size < 5e6
