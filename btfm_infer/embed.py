@@ -1,7 +1,13 @@
 """Embed pixels: sample time steps, normalise, run BTFM, average repeats (DESIGN §4).
 
-Sampling runs in fixed blocks of ``sample_block`` pixels; block ``b`` of repeat ``r`` draws from
-``np.random.default_rng([seed, *seed_key, b, r])``, so results do not depend on ``batch_size``.
+This is the one path that tile inference, training-time evaluation and users share.
+
+Reproducibility: the random draw is made in fixed blocks of ``sample_block`` pixels; block ``b``
+of repeat ``r`` draws from ``np.random.default_rng([seed, r, b, len(seed_key), *seed_key])``.
+The result therefore depends on ``seed``, ``seed_key``, ``sample_block`` and the pixels' order,
+never on ``batch_size`` or on the device (up to floating-point rounding of the model). The
+length of ``seed_key`` is part of the seed so that, e.g., keys ``(5,)`` and ``(5, 0)`` differ
+(numpy's SeedSequence pads short entropy with zeros).
 """
 
 from __future__ import annotations
@@ -16,90 +22,144 @@ from btfm_infer.model import BTFM
 from btfm_infer.sampling import SEQ_LEN, build_s1_input, build_s2_input
 
 
-def _check(name: str, arr: np.ndarray, ndim: int | tuple[int, ...], kinds: str = "uif") -> np.ndarray:
+def _check(name: str, arr: np.ndarray, ndim: int | tuple[int, ...], kinds: str) -> np.ndarray:
+    """Check ``arr``'s number of dimensions and dtype kind (numpy ``dtype.kind`` letters)."""
     if not isinstance(arr, np.ndarray):
-        arr = np.asarray(arr)
+        try:
+            arr = np.asarray(arr)
+        except (TypeError, ValueError) as exc:
+            raise InputDataError(f"{name} is not an array ({type(arr).__name__}): {exc}") from exc
     ndims = (ndim,) if isinstance(ndim, int) else ndim
     if arr.ndim not in ndims:
-        raise InputDataError(f"{name} must have {' or '.join(map(str, ndims))} dimensions, "
-                             f"got shape {arr.shape}")
+        raise InputDataError(f"{name} must have {' or '.join(map(str, ndims))} dimensions, got shape {arr.shape}")
     if arr.dtype.kind not in kinds:
-        raise InputDataError(f"{name} must be numeric ({kinds}), got dtype {arr.dtype}")
-    if arr.dtype.kind == "f" and arr.size and np.isnan(arr).any():
-        raise InputDataError(f"{name} contains NaN values")
+        names = {"u": "unsigned int", "i": "int", "f": "float", "b": "bool"}
+        raise InputDataError(f"{name} must be {' or '.join(names[k] for k in kinds)}, got dtype {arr.dtype}")
     return arr
 
 
+def _check_finite(name: str, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        raise InputDataError(f"{name} contains NaN or infinite values; fill or mask them before embedding")
+
+
 def _check_doys(name: str, doys: np.ndarray, n: int, t: int) -> np.ndarray:
-    doys = _check(name, doys, (1, 2))
+    doys = _check(name, doys, (1, 2), "uif")
     expected = (t,) if doys.ndim == 1 else (n, t)
     if doys.shape != expected:
-        raise InputDataError(f"{name} has shape {doys.shape}, expected {expected}")
+        raise InputDataError(f"{name} has shape {doys.shape}, expected {(t,)} or {(n, t)}")
+    _check_finite(name, doys)
     if doys.size and (doys.min() < 0 or doys.max() > 366):
         raise InputDataError(f"{name} must be days of year in 0..366, got {doys.min()}..{doys.max()}")
     return doys
 
 
-def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
-                 s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray,
-                 s1_desc_doys: np.ndarray, *, seed: int = 0, repeat: int = 1, batch_size: int = 1024,
-                 seed_key: Sequence[int] = (), sample_block: int = 1024) -> np.ndarray:
-    """(N, T, 10) S2, (N, T) masks, (N, T', 2) S1 asc/desc + days of year → (N, 128) float32.
+def _model_device(model: BTFM, device: str | torch.device | None) -> torch.device:
+    param = next(model.parameters())
+    if device is None:
+        return param.device
+    dev = torch.device(device)
+    if dev.type != param.device.type or (dev.index is not None and dev != param.device):
+        raise ValueError(f"device {dev} requested but the model is on {param.device}; "
+                         f"load it there with load_model(path, device='{dev}') or move it with model.to()")
+    return param.device
 
-    Pixels whose S2 values are all zero (or T == 0) get a zero vector. ``repeat`` R > 1
-    averages R independent draws.
+
+def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
+                 s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray, s1_desc_doys: np.ndarray,
+                 *, seed: int = 0, repeat: int = 1, batch_size: int = 1024, device: str | torch.device | None = None,
+                 seed_key: Sequence[int] = (), sample_block: int = 1024) -> np.ndarray:
+    """Embed pixel time series with BTFM.
+
+    Per pixel and repeat, 40 S2 and 40 S1 steps are drawn by the documented rule
+    (:mod:`btfm_infer.sampling`), standardised, and run through the model; ``repeat`` R > 1
+    averages R independent draws. Pixels whose S2 values are all zero over all T (and all pixels
+    when T == 0) get a zero vector without running the model. Inputs may be numpy memmaps: only
+    one block of ``sample_block`` pixels is copied at a time.
+
+    Args:
+        model: A :class:`~btfm_infer.model.BTFM` (eval mode is used and the previous mode restored).
+        s2_bands: (N, T, 10) S2 reflectance × 10000 (uint16 in tiles).
+        s2_masks: (N, T) validity, non-zero = valid (uint8 in tiles).
+        s2_doys: (T,) or (N, T) day of year, 0..366.
+        s1_asc: (N, T'a, 2) S1 ascending VV, VH (int16 encoding); T'a may be 0.
+        s1_asc_doys: (T'a,) or (N, T'a) day of year.
+        s1_desc: (N, T'd, 2) S1 descending; T'd may be 0.
+        s1_desc_doys: (T'd,) or (N, T'd) day of year.
+        seed: Non-negative seed of the random draw.
+        repeat: Number of draws averaged (≥ 1).
+        batch_size: Pixels per forward pass (memory only; results do not depend on it).
+        device: Where to run; default (and only allowed value) is the model's device.
+        seed_key: Non-negative integers mixed into the seed (tile inference passes the tile's
+            position, so tiles are independent of processing order).
+        sample_block: Pixels per sampling block (part of the reproducibility contract).
+
+    Returns:
+        (N, embedding_dim) float32 embeddings (embedding_dim is 128 for BTFM).
+
+    Raises:
+        InputDataError: wrong number of dimensions or dtype, inconsistent N, T or band counts,
+            NaN/inf in float inputs, days of year outside 0..366, invalid seed or sizes.
+        ValueError: ``device`` is not the model's device.
     """
-    s2_bands = _check("s2_bands", s2_bands, 3)
+    s2_bands = _check("s2_bands", s2_bands, 3, "uif")
     n, t = s2_bands.shape[:2]
-    s2_masks = _check("s2_masks", s2_masks, 2, "uib")
+    s2_masks = _check("s2_masks", s2_masks, 2, "uibf")
     if s2_masks.shape != (n, t):
-        raise InputDataError(f"s2_masks has shape {s2_masks.shape}, expected {(n, t)}")
+        raise InputDataError(f"s2_masks has shape {s2_masks.shape}, expected {(n, t)} to match s2_bands")
     s2_doys = _check_doys("s2_doys", s2_doys, n, t)
-    s1_asc = _check("s1_asc", s1_asc, 3)
-    s1_desc = _check("s1_desc", s1_desc, 3)
+    s1_asc = _check("s1_asc", s1_asc, 3, "uif")
+    s1_desc = _check("s1_desc", s1_desc, 3, "uif")
     for name, arr in (("s1_asc", s1_asc), ("s1_desc", s1_desc)):
         if arr.shape[0] != n:
-            raise InputDataError(f"{name} has {arr.shape[0]} pixels, s2_bands has {n}")
+            raise InputDataError(f"{name} has {arr.shape[0]} pixels but s2_bands has {n}")
     s1_asc_doys = _check_doys("s1_asc_doys", s1_asc_doys, n, s1_asc.shape[1])
     s1_desc_doys = _check_doys("s1_desc_doys", s1_desc_doys, n, s1_desc.shape[1])
     cfg = model.config
-    if s2_bands.shape[2] != cfg.s2_bands or s1_asc.shape[2] != cfg.s1_bands \
-            or s1_desc.shape[2] != cfg.s1_bands:
-        raise InputDataError(f"band counts S2 {s2_bands.shape[2]}, S1 {s1_asc.shape[2]}/"
+    if s2_bands.shape[2] != cfg.s2_bands or s1_asc.shape[2] != cfg.s1_bands or s1_desc.shape[2] != cfg.s1_bands:
+        raise InputDataError(f"band counts S2 {s2_bands.shape[2]}, S1 ascending {s1_asc.shape[2]}, descending "
                              f"{s1_desc.shape[2]} do not match the model ({cfg.s2_bands}, {cfg.s1_bands})")
-    if repeat < 1 or batch_size < 1 or sample_block < 1:
-        raise InputDataError("repeat, batch_size and sample_block must be >= 1")
+    for name, value in (("repeat", repeat), ("batch_size", batch_size), ("sample_block", sample_block)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputDataError(f"{name} must be an integer >= 1, got {value!r}")
+    key = [int(v) for v in seed_key]
+    if int(seed) < 0 or any(v < 0 for v in key):
+        raise InputDataError(f"seed and seed_key must be non-negative integers, got {seed}, {tuple(key)}")
 
     out = np.zeros((n, cfg.embedding_dim), dtype=np.float32)
     if n == 0 or t == 0:
         return out
-    device = next(model.parameters()).device
-    key = [int(v) for v in seed_key]
-    with torch.inference_mode():
-        for b, start in enumerate(range(0, n, sample_block)):
-            sl = slice(start, min(n, start + sample_block))
-            bands = np.asarray(s2_bands[sl])
-            active = np.nonzero(bands.reshape(bands.shape[0], -1).any(axis=1))[0]
-            if active.size == 0:
-                continue
-
-            def pick(a: np.ndarray, sl: slice = sl, active: np.ndarray = active) -> np.ndarray:
-                return np.asarray(a[sl])[active]
-
-            def pick_doys(d: np.ndarray, sl: slice = sl, active: np.ndarray = active) -> np.ndarray:
-                return d if d.ndim == 1 else np.asarray(d[sl])[active]
-
-            bands_a, masks_a = bands[active], pick(s2_masks)
-            asc_a, desc_a = pick(s1_asc), pick(s1_desc)
-            s2d, ascd, descd = pick_doys(s2_doys), pick_doys(s1_asc_doys), pick_doys(s1_desc_doys)
-            acc = np.zeros((active.size, cfg.embedding_dim), dtype=np.float64)
-            for r in range(repeat):
-                rng = np.random.default_rng([int(seed), *key, b, r])
-                x2 = build_s2_input(bands_a, masks_a, s2d, rng, SEQ_LEN)
-                x1 = build_s1_input(asc_a, ascd, desc_a, descd, rng, SEQ_LEN)
-                for i in range(0, active.size, batch_size):
-                    y = model(torch.from_numpy(x2[i:i + batch_size]).to(device),
-                              torch.from_numpy(x1[i:i + batch_size]).to(device))
-                    acc[i:i + batch_size] += y.float().cpu().numpy()
-            out[start + active] = (acc / repeat).astype(np.float32)
+    dev = _model_device(model, device)
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for b, start in enumerate(range(0, n, sample_block)):
+                sl = slice(start, min(n, start + sample_block))
+                bands = np.asarray(s2_bands[sl])
+                _check_finite("s2_bands", bands)
+                active = np.flatnonzero(bands.reshape(bands.shape[0], -1).any(axis=1))
+                if active.size == 0:
+                    continue
+                masks = np.asarray(s2_masks[sl])[active]
+                _check_finite("s2_masks", masks)
+                asc, desc = np.asarray(s1_asc[sl])[active], np.asarray(s1_desc[sl])[active]
+                _check_finite("s1_asc", asc)
+                _check_finite("s1_desc", desc)
+                s2d, ascd, descd = (d if d.ndim == 1 else np.asarray(d[sl])[active]
+                                    for d in (s2_doys, s1_asc_doys, s1_desc_doys))
+                bands = bands[active]
+                acc = np.zeros((active.size, cfg.embedding_dim), dtype=np.float64)
+                for r in range(repeat):
+                    rng = np.random.default_rng([int(seed), r, b, len(key), *key])
+                    x2 = build_s2_input(bands, masks, s2d, rng, SEQ_LEN)
+                    x1 = build_s1_input(asc, ascd, desc, descd, rng, SEQ_LEN)
+                    for i in range(0, active.size, batch_size):
+                        y = model(torch.from_numpy(x2[i:i + batch_size]).to(dev, dtype),
+                                  torch.from_numpy(x1[i:i + batch_size]).to(dev, dtype))
+                        acc[i:i + batch_size] += y.float().cpu().numpy()
+                out[start + active] = acc / repeat
+    finally:
+        model.train(was_training)
     return out
