@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,11 +231,6 @@ def read_tile(folder: str | os.PathLike[str], *, mmap: bool = True,
     )
 
 
-def validate_tile(folder: str | os.PathLike[str]) -> None:
-    """Raise :class:`TileFormatError` if ``folder`` breaks the tile contract."""
-    read_tile(folder, mmap=True)
-
-
 def read_tile_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``tile.json`` of a tile folder (empty dict if absent)."""
     path = Path(folder) / TILE_METADATA_FILE
@@ -371,20 +364,9 @@ class TileWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
-def iter_tile_folders(tiles_dir: Path) -> Iterator[Path]:
-    """Paths of finished tile folders, sorted row-major."""
-    for tile in list_tiles(tiles_dir):
-        yield Path(tiles_dir) / tile.name
-
-
 def write_run_metadata(tiles_dir: Path, metadata: dict[str, Any]) -> Path:
     """Write the run's ``run_metadata.json`` (sources, backscatter kind, dates) atomically."""
     path = Path(tiles_dir) / RUN_METADATA_FILE
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(metadata, indent=2, default=str))
     return path
-
-
-def remove_tile(tiles_dir: Path, tile: TileId) -> None:
-    """Delete a tile folder (used to rebuild a corrupt tile)."""
-    shutil.rmtree(Path(tiles_dir) / tile.name, ignore_errors=True)
