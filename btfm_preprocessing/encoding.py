@@ -31,16 +31,19 @@ def parse_baseline(value: object) -> float | None:
         return None
 
 
-def has_boa_offset(acquired: dt.date, processing_baseline: object = None) -> bool:
-    """Whether an L2A product carries the +1000 BOA offset of baseline >= 04.00.
+def has_boa_offset(acquired: dt.date, processing_baseline: object = None,
+                   offset_removed_by_provider: bool | None = None) -> bool:
+    """Whether an L2A product's pixels still carry the +1000 BOA offset of baseline >= 04.00.
 
-    The item's processing baseline decides when it is known; otherwise the acquisition date
-    (products from 2022-01-25 on were processed with baseline >= 04.00).
+    The product carries it when its processing baseline is >= 04.00 (when the item gives no
+    baseline: when it was acquired from 2022-01-25 on). A provider that already subtracted it
+    (Earth Search's ``earthsearch:boa_offset_applied: true``) leaves nothing to remove; the flag
+    only counts for products that carried the offset in the first place, so an item flagged on
+    an old baseline is never shifted, and the offset is removed exactly once.
     """
     baseline = parse_baseline(processing_baseline)
-    if baseline is not None:
-        return baseline >= 4.0
-    return acquired >= BASELINE_04_START
+    carries = baseline >= 4.0 if baseline is not None else acquired >= BASELINE_04_START
+    return carries and offset_removed_by_provider is not True
 
 
 def harmonise_reflectance(dn: np.ndarray, offset: bool) -> np.ndarray:

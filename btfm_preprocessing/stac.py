@@ -34,6 +34,8 @@ class Scene:
         cloud_cover: ``eo:cloud_cover`` in percent, if given.
         orbit_state: ``ascending``/``descending`` for S1, else None.
         processing_baseline: S2 ``s2:processing_baseline``, if given.
+        boa_offset_removed: ``earthsearch:boa_offset_applied`` (the provider already removed
+            the +1000 offset), if given.
         properties: the few extra item properties worth recording (platform, backscatter kind).
     """
 
@@ -44,6 +46,7 @@ class Scene:
     cloud_cover: float | None = None
     orbit_state: str | None = None
     processing_baseline: str | None = None
+    boa_offset_removed: bool | None = None
     properties: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -152,5 +155,6 @@ def to_scene(item: pystac.Item, asset_keys: Mapping[str, str],
         cloud_cover=props.get("eo:cloud_cover"),
         orbit_state=props.get("sat:orbit_state"),
         processing_baseline=props.get("s2:processing_baseline"),
+        boa_offset_removed=props.get("earthsearch:boa_offset_applied"),
         properties={key: props[key] for key in extra_properties if key in props},
     )

@@ -94,7 +94,8 @@ def read_s2_day(day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.nda
             lambda band, s=scene: read_on_grid(s.assets[band], grid, Resampling.bilinear, "uint16", 0),
             S2_BANDS)
         bands = np.stack(list(reads), axis=-1)
-        bands = harmonise_reflectance(bands, has_boa_offset(scene.day, scene.processing_baseline))
+        offset = has_boa_offset(scene.day, scene.processing_baseline, scene.boa_offset_removed)
+        bands = harmonise_reflectance(bands, offset)
         valid = scl_valid_mask(scl).astype(bool) & bands.any(axis=-1)
         take = (valid & ~out_valid) | (covered & ~out_covered)
         out[take] = bands[take]

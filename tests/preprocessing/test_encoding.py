@@ -70,3 +70,13 @@ def test_period_validation() -> None:
     with pytest.raises(InvalidDateRangeError, match="YYYY-MM-DD"):
         parse_period("2021-13-01", "2021-12-31", "S2", today)
     assert parse_period("2020-01-01", "2020-12-31", "S2", today).end.day == 31  # leap year, 366 days
+
+
+@pytest.mark.parametrize(("day", "baseline", "flag", "expected"), [
+    (dt.date(2025, 7, 31), "05.11", True, False),   # Earth Search already harmonised: never twice
+    (dt.date(2025, 7, 31), "05.11", False, True),
+    (dt.date(2021, 7, 31), "02.12", True, False),   # flag on an old baseline shifts nothing
+    (dt.date(2022, 6, 1), None, None, True),        # no metadata: the date decides
+])
+def test_offset_removed_exactly_once(day: dt.date, baseline: str | None, flag: bool | None, expected: bool) -> None:
+    assert has_boa_offset(day, baseline, flag) is expected
