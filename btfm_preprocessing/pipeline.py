@@ -62,6 +62,7 @@ class PreprocessSettings:
     data_dir: Path
     source: str
     catalog: str | None
+    s2_collection: str | None
     tile_size: int
     workers: int
     max_cloud: float
@@ -76,7 +77,7 @@ class PreprocessSettings:
     @property
     def run_key(self) -> str:
         """Hash of what determines tile contents; a tile made with another key is not reused."""
-        parts = [self.source, str(self.catalog), str(self.s2_period), str(self.s1_period),
+        parts = [self.source, str(self.catalog), str(self.s2_collection), str(self.s2_period), str(self.s1_period),
                  str(self.max_cloud), str(self.roi.grid)]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -91,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  main_pipeline.sh my_data/roi.tiff 2021-01-01 2021-12-31 2021-01-01 2021-12-31 1\n"
                "  main_pipeline.sh demo/roi.tiff 2020-11-01 2021-10-31 2020-11-01 2021-10-31 1 \\\n"
-               "      --source local --catalog data/demo_belgium/catalog.json --tile-size 50\n",
+               "      --source local --catalog data/demo_belgium/catalog.json --tile-size 50\n"
+               "  main_pipeline.sh my_data/roi.tiff 2021-01-01 2021-12-31 2021-01-01 2021-12-31 1 \\\n"
+               "      --source earthsearch --max-cloud 60\n",
     )
     parser.add_argument("roi", help="ROI GeoTIFF (10 m, projected CRS, non-zero = inside)")
     parser.add_argument("s2_start", help="first Sentinel-2 date, YYYY-MM-DD")
@@ -106,8 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", choices=sorted(SOURCES), default="local",
                         help="where scenes come from")
     parser.add_argument("--catalog", default=None,
-                        help="STAC catalog (path or file:// URL) for --source local "
-                             f"(default: {DEFAULT_CATALOG.relative_to(REPO_ROOT)})")
+                        help="--source local: STAC catalog (path or file:// URL, default: "
+                             f"{DEFAULT_CATALOG.relative_to(REPO_ROOT)}); --source earthsearch: another "
+                             "API root serving the same collections")
+    parser.add_argument("--s2-collection", default=None,
+                        help="S2 L2A collection (earthsearch: sentinel-2-l2a or sentinel-2-c1-l2a)")
     parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="tile size in pixels")
     parser.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2),
                         help="parallel asset reads")
@@ -140,7 +146,8 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
     if args.source == "local":
         catalog = str(local_path(str(catalog or DEFAULT_CATALOG)).expanduser().resolve())
     return PreprocessSettings(roi=roi, s2_period=s2_period, s1_period=s1_period, data_dir=data_dir,
-                              source=args.source, catalog=catalog, tile_size=args.tile_size,
+                              source=args.source, catalog=catalog, s2_collection=args.s2_collection,
+                              tile_size=args.tile_size,
                               workers=args.workers, max_cloud=args.max_cloud,
                               keep_intermediate=args.keep_intermediate, overwrite=args.overwrite)
 
@@ -211,7 +218,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
     removed = remove_stale_temporaries(settings.tiles_dir)
     if removed:
         log.info("removed %d unfinished tile(s) of an interrupted run", removed)
-    source = SOURCES[settings.source](settings.catalog)
+    source = SOURCES[settings.source](settings.catalog, settings.s2_collection)
     roi_grid = settings.roi.grid
     tiles: list[tuple[TileId, np.ndarray]] = []
     for tile in tile_layout(roi_grid.height, roi_grid.width, settings.tile_size):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from btfm_core.errors import SourceError
 from btfm_core.grid import Grid
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.stac import Scene, local_path, search_items, to_scene
@@ -59,7 +60,7 @@ class StacSource:
         name: source name given on the command line.
         root: STAC API URL, or static catalog path / ``file://`` URL.
         s2_collection: collection id of S2 L2A items.
-        s1_collection: collection id of S1 backscatter items.
+        s1_collection: collection id of S1 backscatter items (None: the source has none).
         backscatter: what the S1 assets hold (e.g. ``gamma0 RTC``, ``sigma0``), when the items
             do not say it themselves (property ``btfm:backscatter``).
         s2_assets: contract band name -> S2 asset key.
@@ -69,7 +70,7 @@ class StacSource:
     name: str
     root: str
     s2_collection: str = "sentinel-2-l2a"
-    s1_collection: str = "sentinel-1-rtc"
+    s1_collection: str | None = "sentinel-1-rtc"
     backscatter: str = "unknown"
     s2_assets: Mapping[str, str] = field(default_factory=lambda: dict(EARTH_SEARCH_S2_ASSETS))
     s1_assets: Mapping[str, str] = field(default_factory=lambda: dict(RTC_S1_ASSETS))
@@ -81,7 +82,10 @@ class StacSource:
         return [to_scene(item, self.s2_assets, RECORDED_PROPERTIES) for item in items]
 
     def search_s1(self, grid: Grid, period: Period) -> list[Scene]:
-        """S1 scenes over the grid, oldest first."""
+        """S1 scenes over the grid, oldest first (none if the source serves no S1 backscatter)."""
+        if self.s1_collection is None:
+            log.warning("source '%s' serves no Sentinel-1 backscatter: the tiles' S1 series stay empty", self.name)
+            return []
         items = search_items(self.root, self.s1_collection, grid.lonlat_bounds(), period)
         return [to_scene(item, self.s1_assets, RECORDED_PROPERTIES) for item in items]
 
@@ -91,11 +95,32 @@ class StacSource:
                 "s1_collection": self.s1_collection, "s1_backscatter": self.backscatter}
 
 
-def local_source(catalog: str | Path) -> StacSource:
+def local_source(catalog: str | Path, s2_collection: str | None = None) -> StacSource:
     """A static STAC catalog on disk (e.g. the embedded demo sample)."""
     path = local_path(str(catalog)).expanduser().resolve()
-    return StacSource(name="local", root=str(path), backscatter="as recorded in each item")
+    return StacSource(name="local", root=str(path), s2_collection=s2_collection or "sentinel-2-l2a",
+                      backscatter="as recorded in each item")
 
 
-#: Source name -> constructor taking the ``--catalog`` value (None when not needed).
-SOURCES = {"local": local_source}
+#: Element84 Earth Search STAC API (no account needed).
+EARTH_SEARCH_URL = "https://earth-search.aws.element84.com/v1"
+EARTH_SEARCH_S2_COLLECTIONS = ("sentinel-2-l2a", "sentinel-2-c1-l2a")
+
+
+def earthsearch_source(catalog: str | Path | None, s2_collection: str | None = None) -> StacSource:
+    """Element84 Earth Search: S2 L2A COGs on AWS, no account. It serves no S1 backscatter.
+
+    Args:
+        catalog: another API root serving the same collections (a mirror, or a test server).
+        s2_collection: ``sentinel-2-l2a`` (default) or ``sentinel-2-c1-l2a``.
+    """
+    collection = s2_collection or EARTH_SEARCH_S2_COLLECTIONS[0]
+    if collection not in EARTH_SEARCH_S2_COLLECTIONS:
+        raise SourceError(f"Earth Search has no S2 L2A collection '{collection}'; use one of "
+                          f"{', '.join(EARTH_SEARCH_S2_COLLECTIONS)}")
+    return StacSource(name="earthsearch", root=str(catalog or EARTH_SEARCH_URL), s2_collection=collection,
+                      s1_collection=None, backscatter="none")
+
+
+#: Source name -> constructor taking the ``--catalog`` value and the ``--s2-collection`` value.
+SOURCES = {"local": local_source, "earthsearch": earthsearch_source}

@@ -1,0 +1,93 @@
+"""A loopback HTTP server for tests: static files with HTTP range requests, plus JSON routes.
+
+It binds 127.0.0.1 only and counts the bytes it serves per file, so tests can check that a
+windowed read of a COG fetches only part of it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+
+#: (method, path, body) -> JSON-serialisable answer, or None when the route is not handled.
+Api = Callable[[str, str, bytes | None], object | None]
+
+
+class LoopbackServer:
+    """Serve ``root`` (files, with Range support) and ``api`` routes on 127.0.0.1."""
+
+    def __init__(self, root: Path, api: Api | None = None) -> None:
+        self.root = root
+        self.api = api
+        self.bytes_served: Counter[str] = Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _json(self, body: bytes | None) -> bool:
+                if server.api is None:
+                    return False
+                answer = server.api(self.command, self.path, body)
+                if answer is None:
+                    return False
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return True
+
+            def _file(self, head: bool) -> None:
+                path = (server.root / self.path.lstrip("/").split("?")[0]).resolve()
+                if server.root.resolve() not in path.parents or not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start, end = 0, len(data) - 1
+                ranged = self.headers.get("Range")
+                if ranged and ranged.startswith("bytes="):
+                    first, _, last = ranged[6:].split(",")[0].partition("-")
+                    start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data[start:end + 1])
+                    server.bytes_served[path.name] += end - start + 1
+
+            def do_GET(self) -> None:
+                if not self._json(None):
+                    self._file(head=False)
+
+            def do_HEAD(self) -> None:
+                self._file(head=True)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if not self._json(body):
+                    self.send_error(404)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
