@@ -263,7 +263,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
         for tile, mask in tqdm(pending, desc="tiles", unit="tile", file=sys.stderr):
             tile_grid = tile.grid(roi_grid)
             with TileWriter(settings.tiles_dir, tile, tile_grid, mask, metadata) as writer:
-                stats = build_tile(writer, tile_grid, s2_days, s1_days, pool)
+                stats = build_tile(writer, tile_grid, s2_days, s1_days, pool, source.sign_href)
             log.info("tile %s: %d S2 dates, S1 %s", tile.name, stats.s2_dates, stats.s1_dates)
             summary.valid_counts.append(stats.valid_per_pixel)
             summary.tiles_written += 1

@@ -9,7 +9,7 @@ ASF) are new entries in :data:`SOURCES` built on the same protocol.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +51,10 @@ class SceneSource(Protocol):
         """Provenance recorded in the run metadata (collections, backscatter kind)."""
         ...
 
+    def sign_href(self, href: str) -> str:
+        """A readable URL for an asset href (signed where the source needs it)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StacSource:
@@ -61,6 +65,7 @@ class StacSource:
         root: STAC API URL, or static catalog path / ``file://`` URL.
         s2_collection: collection id of S2 L2A items.
         s1_collection: collection id of S1 backscatter items (None: the source has none).
+        signer: turns an asset href into a readable URL at read time (None: read as is).
         backscatter: what the S1 assets hold (e.g. ``gamma0 RTC``, ``sigma0``), when the items
             do not say it themselves (property ``btfm:backscatter``).
         s2_assets: contract band name -> S2 asset key.
@@ -74,6 +79,11 @@ class StacSource:
     backscatter: str = "unknown"
     s2_assets: Mapping[str, str] = field(default_factory=lambda: dict(EARTH_SEARCH_S2_ASSETS))
     s1_assets: Mapping[str, str] = field(default_factory=lambda: dict(RTC_S1_ASSETS))
+    signer: Callable[[str], str] | None = None
+
+    def sign_href(self, href: str) -> str:
+        """``href`` signed with :attr:`signer`, or unchanged."""
+        return self.signer(href) if self.signer else href
 
     def search_s2(self, grid: Grid, period: Period, max_cloud: float) -> list[Scene]:
         """S2 scenes over the grid, oldest first."""
@@ -122,5 +132,35 @@ def earthsearch_source(catalog: str | Path | None, s2_collection: str | None = N
                       s1_collection=None, backscatter="none")
 
 
+#: Microsoft Planetary Computer STAC API (no account needed; asset URLs need a SAS signature).
+PLANETARY_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
+PLANETARY_S2_ASSETS: Mapping[str, str] = {band: band for band in EARTH_SEARCH_S2_ASSETS}
+
+
+def planetary_sign(href: str) -> str:
+    """Sign a Planetary Computer blob URL with a short-lived SAS token (``planetary-computer``)."""
+    try:
+        import planetary_computer
+    except ImportError as exc:
+        raise SourceError("--source planetary needs the planetary-computer package: "
+                          "pip install planetary-computer") from exc
+    return str(planetary_computer.sign(href))
+
+
+def planetary_source(catalog: str | Path | None, s2_collection: str | None = None) -> StacSource:
+    """Microsoft Planetary Computer: S2 L2A (raw +1000 offset from 2022-01-25, removed here) and
+    S1 RTC (gamma0, terrain-flattened, linear power, 10 m), both as COGs; no account needed.
+
+    Args:
+        catalog: another API root serving the same collections (a mirror, or a test server).
+        s2_collection: S2 collection id (default ``sentinel-2-l2a``).
+    """
+    return StacSource(name="planetary", root=str(catalog or PLANETARY_URL),
+                      s2_collection=s2_collection or "sentinel-2-l2a", s1_collection="sentinel-1-rtc",
+                      backscatter="gamma0 RTC (terrain-flattened), linear power",
+                      s2_assets=dict(PLANETARY_S2_ASSETS),
+                      signer=lambda href: planetary_sign(href))  # looked up at call time (tests replace it)
+
+
 #: Source name -> constructor taking the ``--catalog`` value and the ``--s2-collection`` value.
-SOURCES = {"local": local_source, "earthsearch": earthsearch_source}
+SOURCES = {"local": local_source, "earthsearch": earthsearch_source, "planetary": planetary_source}

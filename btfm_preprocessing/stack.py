@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -76,8 +76,17 @@ def split_by_orbit(scenes: Iterable[Scene]) -> dict[str, list[Scene]]:
     return out
 
 
-def read_s2_day(day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
+def unsigned(href: str) -> str:
+    """The default URL signer: hrefs are read as they are."""
+    return href
+
+
+def read_s2_day(day: AcquisitionDay, grid: Grid, pool: Executor,
+                sign: Callable[[str], str] = unsigned) -> tuple[np.ndarray, np.ndarray] | None:
     """Mosaic one day's S2 granules onto ``grid``, valid pixels first.
+
+    ``sign`` turns an asset href into a readable URL (e.g. a Planetary Computer SAS signature),
+    at read time so that signatures never go stale in a resumed run.
 
     Returns:
         ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no granule covers the grid.
@@ -86,12 +95,12 @@ def read_s2_day(day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.nda
     out_valid = np.zeros(grid.shape, bool)
     out_covered = np.zeros(grid.shape, bool)
     for scene in day.scenes:
-        scl = read_on_grid(scene.assets["SCL"], grid, Resampling.nearest, "uint8", 0)
+        scl = read_on_grid(sign(scene.assets["SCL"]), grid, Resampling.nearest, "uint8", 0)
         covered = scl != 0
         if not covered.any():
             continue
         reads = pool.map(
-            lambda band, s=scene: read_on_grid(s.assets[band], grid, Resampling.bilinear, "uint16", 0),
+            lambda band, s=scene: read_on_grid(sign(s.assets[band]), grid, Resampling.bilinear, "uint16", 0),
             S2_BANDS)
         bands = np.stack(list(reads), axis=-1)
         offset = has_boa_offset(scene.day, scene.processing_baseline, scene.boa_offset_removed)
@@ -106,7 +115,8 @@ def read_s2_day(day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.nda
     return out, out_valid.astype(np.uint8)
 
 
-def read_s1_day(day: AcquisitionDay, grid: Grid, pool: Executor) -> np.ndarray | None:
+def read_s1_day(day: AcquisitionDay, grid: Grid, pool: Executor,
+                sign: Callable[[str], str] = unsigned) -> np.ndarray | None:
     """Mosaic one day's S1 scenes onto ``grid`` in the int16 dB encoding.
 
     Returns:
@@ -114,7 +124,7 @@ def read_s1_day(day: AcquisitionDay, grid: Grid, pool: Executor) -> np.ndarray |
     """
     out = np.zeros((grid.height, grid.width, len(S1_BANDS)), np.int16)
     for scene in day.scenes:
-        reads = pool.map(lambda band, s=scene: read_on_grid(s.assets[band], grid, Resampling.bilinear,
+        reads = pool.map(lambda band, s=scene: read_on_grid(sign(s.assets[band]), grid, Resampling.bilinear,
                                                             "float32", np.nan), S1_BANDS)
         codes = encode_s1_db(np.stack(list(reads), axis=-1))
         take = codes.any(axis=-1) & ~out.any(axis=-1)
@@ -132,13 +142,14 @@ class TileStats:
 
 
 def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay],
-               s1_days: dict[str, list[AcquisitionDay]], pool: Executor) -> TileStats:
+               s1_days: dict[str, list[AcquisitionDay]], pool: Executor,
+               sign: Callable[[str], str] = unsigned) -> TileStats:
     """Fill an open :class:`TileWriter` with every day that has data over the tile."""
     bands = writer.allocate_bands(len(s2_days))
     masks = writer.allocate_masks(len(s2_days))
     kept: list[AcquisitionDay] = []
     for day in s2_days:
-        result = read_s2_day(day, grid, pool)
+        result = read_s2_day(day, grid, pool, sign)
         if result is None:
             continue
         bands[len(kept)], masks[len(kept)] = result
@@ -156,7 +167,7 @@ def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay]
         sar = writer.allocate_sar(direction, len(days))
         kept_s1: list[AcquisitionDay] = []
         for day in days:
-            codes = read_s1_day(day, grid, pool)
+            codes = read_s1_day(day, grid, pool, sign)
             if codes is not None:
                 sar[len(kept_s1)] = codes
                 kept_s1.append(day)

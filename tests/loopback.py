@@ -25,6 +25,7 @@ class LoopbackServer:
         self.root = root
         self.api = api
         self.bytes_served: Counter[str] = Counter()
+        self.queries: set[str] = set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,7 +47,10 @@ class LoopbackServer:
                 return True
 
             def _file(self, head: bool) -> None:
-                path = (server.root / self.path.lstrip("/").split("?")[0]).resolve()
+                path_part, _, query = self.path.lstrip("/").partition("?")
+                if query:
+                    server.queries.add(query)
+                path = (server.root / path_part).resolve()
                 if server.root.resolve() not in path.parents or not path.is_file():
                     self.send_error(404)
                     return

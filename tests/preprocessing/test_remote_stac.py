@@ -30,8 +30,13 @@ PAGE = 5
 DATES = ["2020-11-01", "2021-10-31", "2020-11-01", "2021-10-31", "1"]
 
 
-def stac_api(base: str) -> object:
-    """Serve the sample's items like Earth Search's /search (POST, paged with a 'next' token)."""
+ES_TO_PC = {"red": "B04", "blue": "B02", "green": "B03", "nir": "B08", "nir08": "B8A", "rededge1": "B05",
+            "rededge2": "B06", "rededge3": "B07", "swir16": "B11", "swir22": "B12", "scl": "SCL"}
+
+
+def stac_api(base: str, planetary_keys: bool = False) -> object:
+    """Serve the sample's items like a STAC API's /search (POST, paged with a 'next' token);
+    with ``planetary_keys`` the S2 assets carry Planetary Computer's names (B04, ..., SCL)."""
     catalog = pystac.read_file(str(DEMO_DIR / "catalog.json"))
     catalog.make_all_asset_hrefs_absolute()
     items = []
@@ -40,6 +45,8 @@ def stac_api(base: str) -> object:
         for asset in data["assets"].values():
             asset["href"] = f"{base}/{Path(asset['href']).relative_to(DEMO_DIR).as_posix()}"
         data["links"] = []
+        if planetary_keys and data["collection"] == "sentinel-2-l2a":
+            data["assets"] = {ES_TO_PC[key]: asset for key, asset in data["assets"].items()}
         items.append(data)
     landing = {"type": "Catalog", "id": "loopback", "stac_version": "1.0.0", "description": "test API",
                "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search",
@@ -119,3 +126,25 @@ def test_window_read_fetches_a_small_part_of_a_cog(tmp_path: Path) -> None:
         out = read_on_grid(f"{srv.url}/big.tif", window, rasterio.enums.Resampling.nearest, "uint16", 0)
         np.testing.assert_array_equal(out, data[900:964, 700:764])
         assert srv.bytes_served["big.tif"] < path.stat().st_size / 4
+
+
+def test_planetary_source_signs_hrefs_and_reads_s1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from btfm_preprocessing import sources
+
+    monkeypatch.setattr(sources, "planetary_sign", lambda href: f"{href}?sv=2024&sig=test-signature")
+    for name in ("local", "remote"):
+        (tmp_path / name).mkdir()
+        shutil.copy(DEMO_DIR / "roi.tiff", tmp_path / name / "roi.tiff")
+    srv = LoopbackServer(DEMO_DIR)
+    srv.api = stac_api(srv.url, planetary_keys=True)  # type: ignore[assignment]
+    with srv:
+        assert pipeline.main([str(tmp_path / "local" / "roi.tiff"), *DATES, "--tile-size", "50", "-q"]) == 0
+        assert pipeline.main([str(tmp_path / "remote" / "roi.tiff"), *DATES, "--source", "planetary",
+                              "--catalog", f"{srv.url}/api", "--tile-size", "50", "-q"]) == 0
+    assert srv.queries == {"sv=2024&sig=test-signature"}  # every asset was read through a signed URL
+    local = read_tile(tmp_path / "local" / "retiled_d_pixel" / "50_0_100_50")
+    remote = read_tile(tmp_path / "remote" / "retiled_d_pixel" / "50_0_100_50")
+    np.testing.assert_array_equal(remote.bands, local.bands)
+    np.testing.assert_array_equal(remote.sar_ascending, local.sar_ascending)
+    meta = json.loads((tmp_path / "remote" / "retiled_d_pixel" / "run_metadata.json").read_text())
+    assert meta["source"] == "planetary" and meta["s1_backscatter"].startswith("gamma0 RTC")
