@@ -26,7 +26,7 @@ from btfm_core.fileio import ensure_writable_dir, remove_stale_temporaries
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId, list_tiles, read_tile
 from btfm_infer.checkpoint import load_model
-from btfm_infer.tile_inference import representation_path
+from btfm_infer.tile_inference import InferenceOptions, representation_path
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="bf16 autocast: about 2x faster on CPUs with AVX-512 bf16 and on GPUs, "
                              "embeddings agree with fp32 to a cosine of about 0.999")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", default=None,
+                         help="send tile jobs to a running Dask scheduler (tcp://HOST:PORT) instead of local "
+                              "worker processes; workers need the same paths (shared file system)")
+    cluster.add_argument("--dask-local", type=int, default=0, metavar="N",
+                         help="run the tiles on a local Dask cluster of N worker processes")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="per-process logs (default: logs/ beside --tiles-dir)")
     add_verbosity(parser)
@@ -194,11 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("no CUDA GPU found: the GPU share of tiles runs on the CPU workers")
     plans = plan_workers(pending, split, args.max_cpu if n_gpu else max(1, args.max_cpu),
                          min(n_gpu, args.max_gpu), args.cores, args.cpu_batch_size, args.gpu_batch_size)
+    workers = (f"Dask ({args.scheduler or f'{args.dask_local} local workers'})"
+               if args.scheduler or args.dask_local else
+               ", ".join(f"{p.name} ({len(p.tiles)} tiles, {p.threads} threads)" for p in plans) or "no worker")
     log.info("%d tile(s), %d already done, %d to embed with %s", len(tiles), len(tiles) - len(pending),
-             len(pending), ", ".join(f"{p.name} ({len(p.tiles)} tiles, {p.threads} threads)" for p in plans)
-             or "no worker")
+             len(pending), workers)
     started = time.perf_counter()
-    if plans:
+    if pending and (args.scheduler or args.dask_local):
+        from btfm_infer.dask_backend import run_on_dask
+
+        options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, args.precision)
+        run_on_dask(pending, args.tiles_dir, args.output_dir, args.checkpoint.resolve(), options,
+                    scheduler=args.scheduler, local_workers=args.dask_local,
+                    threads_per_worker=max(1, args.cores // max(1, args.dask_local or 1)))
+    elif plans:
         run_workers(plans, args, log_dir)
     seconds = time.perf_counter() - started
     pixels = sum(int(read_tile(args.tiles_dir / t.name).roi.sum()) for t in pending)

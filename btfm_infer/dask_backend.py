@@ -1,0 +1,89 @@
+"""Embed tiles on a Dask distributed cluster (``--scheduler tcp://HOST:PORT`` or ``--dask-local N``).
+
+Every worker needs the tiles folder, the output folder and the checkpoint at the same paths
+(a shared file system). Each task embeds one tile, writes it atomically and skips it if done,
+so a cluster run can be interrupted and resumed like a local one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from btfm_core.errors import BTFMError
+from btfm_core.tiles import TileId
+from btfm_infer.checkpoint import load_model
+from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(checkpoint: str, threads: int) -> torch.nn.Module:
+    """The model, loaded once per worker process."""
+    torch.set_num_threads(threads)
+    return load_model(checkpoint, "cpu")
+
+
+def embed_tile_task(tiles_dir: str, output_dir: str, checkpoint: str, tile_name: str,
+                    options: InferenceOptions, threads: int) -> int:
+    """One cluster task: embed one tile unless it is done; return the pixels embedded."""
+    out = representation_path(Path(output_dir), TileId.parse(tile_name))
+    if out.exists():
+        return 0
+    return infer_tile(_worker_model(checkpoint, threads), Path(tiles_dir) / tile_name, out, options)
+
+
+def run_on_dask(tiles: Sequence[TileId], tiles_dir: Path, output_dir: Path, checkpoint: Path,
+                options: InferenceOptions, *, scheduler: str | None = None, local_workers: int = 0,
+                threads_per_worker: int = 1, connect_timeout_s: float = 20.0) -> int:
+    """Embed ``tiles`` on a Dask cluster; return the number of pixels embedded.
+
+    Args:
+        scheduler: address of a running scheduler (``tcp://host:8786``).
+        local_workers: start a local cluster of this many worker processes instead.
+        threads_per_worker: torch threads per worker.
+        connect_timeout_s: how long to wait for ``scheduler``.
+
+    Raises:
+        BTFMError: if distributed is not installed, the scheduler cannot be reached, or a task fails.
+    """
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise BTFMError("--scheduler/--dask-local need dask distributed: pip install 'dask[distributed]'") from exc
+    cluster = None
+    try:
+        if scheduler:
+            client = Client(scheduler, timeout=f"{connect_timeout_s}s")
+        else:
+            cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+    except (OSError, TimeoutError) as exc:
+        raise BTFMError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from exc
+    pixels = 0
+    try:
+        log.info("Dask cluster %s: %d worker(s)", client.dashboard_link or scheduler or "local",
+                 len(client.scheduler_info()["workers"]))
+        futures = [client.submit(embed_tile_task, str(tiles_dir), str(output_dir), str(checkpoint), tile.name,
+                                 options, threads_per_worker, key=f"btfm-{tile.name}", pure=False)
+                   for tile in tiles]
+        with tqdm(total=len(futures), desc="tiles", unit="tile", file=sys.stderr) as bar:
+            for future in as_completed(futures):
+                try:
+                    pixels += future.result()
+                except Exception as exc:
+                    raise BTFMError(f"tile {future.key.removeprefix('btfm-')} failed on the cluster: {exc}") from exc
+                bar.update()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return pixels
