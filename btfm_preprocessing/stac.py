@@ -21,6 +21,10 @@ from btfm_preprocessing.period import Period
 
 log = logging.getLogger(__name__)
 
+#: Retries (exponential back-off, honouring Retry-After) of a STAC API request on 429 and 5xx.
+SEARCH_RETRIES = 5
+SEARCH_TIMEOUT_S = 60.0
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -97,8 +101,12 @@ def _static_items(root: str, collection: str, bbox: tuple[float, float, float, f
 def _api_items(root: str, collection: str, bbox: tuple[float, float, float, float], period: Period,
                query: Mapping[str, object] | None) -> Iterator[pystac.Item]:
     from pystac_client import Client
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
 
-    client = Client.open(root)
+    retry = Retry(total=SEARCH_RETRIES, backoff_factor=1.0, status_forcelist=(429, 500, 502, 503, 504),
+                  allowed_methods=None, respect_retry_after_header=True)
+    client = Client.open(root, stac_io=StacApiIO(max_retries=retry, timeout=SEARCH_TIMEOUT_S))
     search = client.search(collections=[collection], bbox=bbox, datetime=period.stac_datetime,
                            query=dict(query) if query else None)
     yield from search.items()

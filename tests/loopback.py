@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
-#: (method, path, body) -> JSON-serialisable answer, or None when the route is not handled.
+#: (method, path, body) -> JSON-serialisable answer, an int HTTP error status, or None when the
+#: route is not handled.
 Api = Callable[[str, str, bytes | None], object | None]
 
 
@@ -38,6 +39,9 @@ class LoopbackServer:
                 answer = server.api(self.command, self.path, body)
                 if answer is None:
                     return False
+                if isinstance(answer, int):  # an HTTP error status
+                    self.send_error(answer)
+                    return True
                 data = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

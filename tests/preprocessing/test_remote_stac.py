@@ -148,3 +148,23 @@ def test_planetary_source_signs_hrefs_and_reads_s1(tmp_path: Path, monkeypatch: 
     np.testing.assert_array_equal(remote.sar_ascending, local.sar_ascending)
     meta = json.loads((tmp_path / "remote" / "retiled_d_pixel" / "run_metadata.json").read_text())
     assert meta["source"] == "planetary" and meta["s1_backscatter"].startswith("gamma0 RTC")
+
+
+def test_search_retries_a_503(server: LoopbackServer) -> None:
+    handle = server.api
+    calls = {"search": 0}
+
+    def flaky(method: str, path: str, body: bytes | None) -> object | None:
+        if path == "/api/search":
+            calls["search"] += 1
+            if calls["search"] == 1:
+                return 503
+        return handle(method, path, body)  # type: ignore[misc,operator]
+
+    server.api = flaky  # type: ignore[assignment]
+    from btfm_preprocessing.period import Period
+
+    grid = Grid("EPSG:32631", Affine(10, 0, 664000, 0, -10, 5612120), 100, 100)
+    scenes = earthsearch_source(f"{server.url}/api").search_s2(
+        grid, Period(dt.date(2021, 5, 1), dt.date(2021, 5, 31)), max_cloud=100)
+    assert len(scenes) == 1 and calls["search"] == 2
