@@ -182,6 +182,14 @@ def search_scenes(settings: PreprocessSettings, source: SceneSource) -> tuple[li
     return s2, s1
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux and macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
 @dataclass
 class RunSummary:
     """Figures printed at the end of a run."""
@@ -203,7 +211,7 @@ class RunSummary:
             f"scenes: {self.s2_scenes} Sentinel-2, {self.s1_scenes} Sentinel-1",
             f"valid S2 observations per ROI pixel: {stats}",
             f"output: {tiles_dir}",
-            f"time: {self.seconds:.1f} s",
+            f"time: {self.seconds:.1f} s; peak memory (RSS): {peak_rss_mb():.0f} MB",
         ]
 
 
