@@ -4,7 +4,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 DEMO_DIR ?= demo_run
 
-.PHONY: help venv test lint demo bench clean train-demo
+.PHONY: help venv test lint demo bench clean train-demo bench-preprocessing
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -34,3 +34,6 @@ bench: venv  ## inference benchmark: the seed's algorithm vs ours (prints figure
 
 train-demo: venv  ## re-train checkpoints/btfm_demo.pt (needs ../shared/data)
 	bash scripts/train_demo.sh
+
+bench-preprocessing: venv  ## preprocessing: bytes read and peak RSS for a 1x and a 4x ROI (loopback COG server)
+	$(VPY) scripts/bench_preprocessing.py

@@ -31,6 +31,9 @@ GDAL_COG_OPTIONS: dict[str, object] = {
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "1",
     "VSI_CACHE": "TRUE",
+    # Neighbouring tiles share COG blocks (Earth Search's are 1024 px): keep recently fetched
+    # ranges in a bounded in-memory cache so a block is not downloaded once per tile.
+    "CPL_VSIL_CURL_CACHE_SIZE": str(256 * 1024 * 1024),
 }
 
 

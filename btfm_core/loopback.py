@@ -1,4 +1,4 @@
-"""A loopback HTTP server for tests: static files with HTTP range requests, plus JSON routes.
+"""A loopback HTTP server for tests and benchmarks: static files with HTTP range requests, plus JSON routes.
 
 It binds 127.0.0.1 only and counts the bytes it serves per file, so tests can check that a
 windowed read of a COG fetches only part of it.
