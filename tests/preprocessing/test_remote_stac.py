@@ -18,12 +18,12 @@ import rasterio
 from affine import Affine
 
 from btfm_core.grid import Grid
+from btfm_core.loopback import LoopbackServer
 from btfm_core.tiles import read_tile
 from btfm_preprocessing import pipeline
 from btfm_preprocessing.reader import gdal_env, read_on_grid
 from btfm_preprocessing.sources import earthsearch_source
 from tests.conftest import DEMO_DIR
-from btfm_core.loopback import LoopbackServer
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 PAGE = 5
