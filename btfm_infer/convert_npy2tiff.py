@@ -8,6 +8,7 @@ time from a memory-mapped ``.npy``, so memory use does not grow with the ROI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -54,6 +55,30 @@ GEOTIFF_PROFILE: dict[str, object] = {
 }
 
 
+#: int8 export (as geotessera stores embeddings): values = q * scale, one float32 scale per pixel.
+INT8_NODATA = -128
+INT8_MAX = 127
+
+
+def quantise_int8(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-pixel int8 quantisation of a (C, h, w) float block.
+
+    Returns:
+        ``(q, scale)``: (C, h, w) int8 in [-127, 127] and (h, w) float32 with
+        ``block ≈ q * scale`` (scale 0 for all-zero pixels).
+    """
+    peak = np.abs(block).max(axis=0)
+    scale = (peak / INT8_MAX).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0)
+    q = np.clip(np.rint(block / safe), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale
+
+
+def scales_path(out_path: Path) -> Path:
+    """The per-pixel scale GeoTIFF written beside an int8 embedding GeoTIFF."""
+    return out_path.with_name(f"{out_path.stem}_scales.tif")
+
+
 def band_names(count: int) -> list[str]:
     """Band descriptions ``A00``, ``A01``, … ``A127`` for ``count`` embedding dimensions."""
     return [f"A{i:02d}" for i in range(count)]
@@ -64,8 +89,12 @@ def _as_roi(roi: Roi | str | os.PathLike[str]) -> Roi:
 
 
 def write_embedding_geotiff(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
-                            out_path: str | os.PathLike[str]) -> Path:
-    """Write a stitched embedding as a float32 GeoTIFF on the ROI grid.
+                            out_path: str | os.PathLike[str], dtype: str = "float32") -> Path:
+    """Write a stitched embedding as a float32 (or int8 + scale) GeoTIFF on the ROI grid.
+
+    With ``dtype="int8"`` the bands hold ``q`` (nodata -128 outside the ROI) and a second,
+    one-band float32 GeoTIFF ``<out>_scales.tif`` holds the per-pixel scale, so that
+    ``embedding = q * scale``; the mean reconstruction cosine is logged.
 
     Args:
         npy_path: the (H, W, C) floating-point embedding (C = 128), H, W = the ROI's size.
@@ -84,10 +113,22 @@ def write_embedding_geotiff(npy_path: str | os.PathLike[str], roi: Roi | str | o
     roi = _as_roi(roi)
     height, width, channels = open_stitched(npy_path, roi).shape
     grid = roi.grid
+    if dtype not in ("float32", "int8"):
+        raise BTFMError(f"--dtype must be float32 or int8, got {dtype}")
+    quantise = dtype == "int8"
     profile = {**GEOTIFF_PROFILE, "width": width, "height": height, "count": channels,
                "crs": grid.rasterio_crs, "transform": grid.transform}
-    with atomic_path(out_path) as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
-            rasterio.open(tmp, "w", **profile) as dst:
+    if quantise:
+        profile.update(dtype="int8", predictor=2, nodata=INT8_NODATA)
+    scale_profile = {**GEOTIFF_PROFILE, "width": width, "height": height, "count": 1,
+                     "crs": grid.rasterio_crs, "transform": grid.transform, "interleave": "band"}
+    cosines: list[np.ndarray] = []
+    with contextlib.ExitStack() as stack:  # closed in reverse: rasters first, then the renames
+        tmp = stack.enter_context(atomic_path(out_path))
+        tmp_scales = stack.enter_context(atomic_path(scales_path(out_path))) if quantise else None
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        dst = stack.enter_context(rasterio.open(tmp, "w", **profile))
+        scales = stack.enter_context(rasterio.open(tmp_scales, "w", **scale_profile)) if tmp_scales else None
         for band, name in enumerate(band_names(channels), start=1):
             dst.set_band_description(band, name)
         for row0 in tqdm(range(0, height, BLOCK_SIZE), desc="GeoTIFF", unit="block row",
@@ -96,11 +137,32 @@ def write_embedding_geotiff(npy_path: str | os.PathLike[str], roi: Roi | str | o
             outside = roi.read_mask(grid.window(0, row0, width, row1)) == 0
             for col0 in range(0, width, BLOCK_SIZE):
                 col1 = min(width, col0 + BLOCK_SIZE)
+                target = Window(col0, row0, col1 - col0, row1 - row0)
                 window = read_npy_window(npy_path, np.s_[row0:row1, col0:col1])  # (h, w, C)
                 block = np.array(np.moveaxis(window, -1, 0), dtype=np.float32, order="C")
-                block[:, outside[:, col0:col1]] = np.nan
-                dst.write(block, window=Window(col0, row0, col1 - col0, row1 - row0))
-    log.info("wrote %s: %d x %d px, %d float32 bands", out_path, width, height, channels)
+                out_block = outside[:, col0:col1]
+                if scales is None:
+                    block[:, out_block] = np.nan
+                    dst.write(block, window=target)
+                    continue
+                q, scale = quantise_int8(block)
+                inside = ~out_block & (scale > 0)
+                restored = q[:, inside].astype(np.float32) * scale[inside]
+                original = block[:, inside]
+                cosines.append((restored * original).sum(0) / (np.linalg.norm(restored, axis=0)
+                                                                * np.linalg.norm(original, axis=0)))
+                q[:, out_block] = INT8_NODATA
+                scale[out_block] = np.nan
+                dst.write(q, window=target)
+                scales.write(scale[None], window=target)
+        if scales is not None:
+            scales.set_band_description(1, "scale (embedding = value x scale)")
+    if not quantise:
+        log.info("wrote %s: %d x %d px, %d float32 bands", out_path, width, height, channels)
+        return out_path
+    cos = np.concatenate(cosines) if cosines else np.ones(0)
+    log.info("wrote %s (int8, %d bands) and %s; reconstruction cosine mean %.6f, min %.6f", out_path, channels,
+             scales_path(out_path).name, cos.mean() if cos.size else 1.0, cos.min() if cos.size else 1.0)
     return out_path
 
 
@@ -128,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     png.add_argument("--png", type=Path, default=None,
                      help="quick-look PNG to write (default: --out with a .png suffix)")
     png.add_argument("--no-png", action="store_true", help="do not write a quick-look PNG")
+    parser.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                        help="int8: 4x smaller, quantised per pixel with a float32 scale written to "
+                             "<out>_scales.tif (embedding = value x scale), as geotessera stores them")
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
                         help="longest side of the quick-look in pixels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the quick-look's PCA pixel sample")
@@ -162,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_file = (args.log_file or out.parent / "logs" / "npy2tiff.log").expanduser()
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
-    print(write_embedding_geotiff(npy, roi, out))
+    print(write_embedding_geotiff(npy, roi, out, args.dtype))
     if png is not None:
         print(write_quicklook_png(npy, roi, png, max_size=args.max_size, seed=args.seed))
     return 0

@@ -195,3 +195,33 @@ def test_runs_as_a_script(tmp_path: Path) -> None:
     help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
                                check=True).stdout
     assert "--ref-tiff" in help_text and "--no-png" in help_text and "examples:" in help_text
+
+
+def test_int8_export_with_scales(tmp_path):
+    """int8 + per-pixel scale reconstructs the embedding (cosine > 0.999), nodata outside the ROI."""
+    import rasterio as rio
+
+    from btfm_core.roi import open_roi
+    from btfm_infer.convert_npy2tiff import INT8_NODATA, scales_path, write_embedding_geotiff
+
+    mask = np.ones((20, 30), np.uint8)
+    mask[:4, :6] = 0
+    roi_path = tmp_path / "roi.tiff"
+    with rio.open(roi_path, "w", driver="GTiff", width=30, height=20, count=1, dtype="uint8",
+                  crs="EPSG:32631", transform=rio.Affine(10, 0, 600000, 0, -10, 5600000)) as dst:
+        dst.write(mask, 1)
+    emb = np.random.default_rng(0).normal(size=(20, 30, 128)).astype(np.float32)
+    emb[mask == 0] = 0
+    np.save(tmp_path / "emb.npy", emb)
+    out = write_embedding_geotiff(tmp_path / "emb.npy", open_roi(roi_path), tmp_path / "emb.tif", dtype="int8")
+    with rio.open(out) as q_src, rio.open(scales_path(out)) as s_src:
+        assert q_src.dtypes[0] == "int8" and q_src.count == 128 and q_src.nodata == INT8_NODATA
+        assert s_src.transform == q_src.transform and s_src.crs == q_src.crs
+        q = np.moveaxis(q_src.read(), 0, -1).astype(np.float32)
+        scale = s_src.read(1)
+    assert (q[mask == 0] == INT8_NODATA).all() and np.isnan(scale[mask == 0]).all()
+    restored = q[mask == 1] * scale[mask == 1][:, None]
+    original = emb[mask == 1]
+    cos = (restored * original).sum(1) / (np.linalg.norm(restored, axis=1) * np.linalg.norm(original, axis=1))
+    assert cos.min() > 0.999
+    assert out.stat().st_size < (tmp_path / "emb.npy").stat().st_size / 3
