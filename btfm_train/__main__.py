@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = linear_probe(raw_features(probe_train), probe_train.labels, raw_features(probe_test), probe_test.labels) \
         if len(probe_test) else None
     report = {
-        "data": {"tables": [p.name for p in args.table], "tiles_dirs": [str(d) for d in args.tiles_dir],
+        "data": {"tables": [p.name for p in args.table], "tiles_dirs": [d.name for d in args.tiles_dir],
                  "pretrain_pixels": len(pretrain), "probe_train": len(probe_train), "probe_test": len(probe_test),
                  "classes": sorted(np.unique(probe_train.labels).tolist()), "eval_fraction": args.eval_fraction,
                  "mapping": args.mapping_key if mapping else None},
