@@ -47,8 +47,14 @@ _FIX = "pass --checkpoint with a BTFM/TESSERA checkpoint (.pt)"
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """The informative line of an exception's message, without terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if not text:
+        return type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines if "Unsupported global" in line), lines[0])
+    detail = detail.split(" was not an allowed global")[0]
+    return detail.split(". ")[0][:200]  # the first sentence
 
 
 def _read(path: Path) -> Any:

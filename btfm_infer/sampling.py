@@ -62,16 +62,13 @@ def sample_indices(valid: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
     keys[~cand] = np.inf
     full = count >= k
     out = np.empty((n, k), dtype=np.int64)
-    if full.all() and k < t:
-        out[:] = np.argpartition(keys, k - 1, axis=1)[:, :k]
-    else:
-        order = np.argsort(keys, axis=1, kind="stable")
-        if full.any():
-            out[full] = order[full, :k]
-        few = ~full
-        if few.any():
-            pos = rng.integers(0, count[few, None], size=(int(few.sum()), k))
-            out[few] = np.take_along_axis(order[few], pos, axis=1)
+    order = np.argsort(keys, axis=1, kind="stable")  # candidates first, in random order
+    if full.any():
+        out[full] = order[full, :k]
+    few = ~full
+    if few.any():
+        pos = rng.integers(0, count[few, None], size=(int(few.sum()), k))
+        out[few] = np.take_along_axis(order[few], pos, axis=1)
     out.sort(axis=1)
     return out
 
