@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from btfm_core.errors import OutputNotWritableError
+from btfm_core.errors import BTFMError, OutputNotWritableError
 
 TMP_PREFIX = ".tmp-"
 
@@ -81,3 +81,16 @@ def ensure_writable_dir(path: str | os.PathLike[str], what: str = "output folder
             "Choose a folder you can write to, or fix its permissions."
         ) from exc
     return path
+
+
+def refuse_overwrite(path: str | os.PathLike[str], overwrite: bool, alternative: str = "") -> None:
+    """Raise unless ``path`` is free or ``overwrite`` is set; outputs are never replaced silently.
+
+    Args:
+        path: the output about to be written.
+        overwrite: the user's ``--overwrite``.
+        alternative: the flags that choose another output, for the message (e.g. ``--out``).
+    """
+    if Path(path).exists() and not overwrite:
+        other = f", or choose another {alternative}" if alternative else ""
+        raise BTFMError(f"output {path} already exists; pass --overwrite to replace it{other}")

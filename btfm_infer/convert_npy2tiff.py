@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError
-from btfm_core.fileio import atomic_path, ensure_writable_dir
+from btfm_core.fileio import atomic_path, ensure_writable_dir, refuse_overwrite
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
 from btfm_infer.quicklook import DEFAULT_MAX_SIZE, write_quicklook_png
@@ -216,9 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out == npy or png in (out, npy):
         raise BTFMError("--npy, --out and --png must be three different files")
     for path in (out, png):
-        if path is not None and path.exists() and not args.overwrite:
-            raise BTFMError(f"output {path} already exists; pass --overwrite to replace it, or "
-                            "choose another --out / --png")
+        if path is not None:
+            refuse_overwrite(path, args.overwrite, "--out / --png")
     roi = open_roi(args.ref_tiff.expanduser())
     open_stitched(npy, roi)  # fail before writing anything
     ensure_writable_dir(out.parent, "output folder (--out)")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError, InputDataError, TileFormatError
-from btfm_core.fileio import TMP_PREFIX, atomic_path, ensure_writable_dir
+from btfm_core.fileio import TMP_PREFIX, atomic_path, ensure_writable_dir, refuse_overwrite
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
 from btfm_core.tiles import TileId, list_tiles
@@ -217,9 +217,7 @@ def stitch(representation_dir: str | os.PathLike[str], roi: Roi | str | os.PathL
     """
     representation_dir = Path(representation_dir)
     out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise BTFMError(f"output {out_path} already exists; pass --overwrite to replace it, or "
-                        "choose another --out-dir / --out-name")
+    refuse_overwrite(out_path, overwrite, "--out-dir / --out-name")
     if not isinstance(roi, Roi):
         roi = open_roi(roi)
     height, width = roi.grid.shape
@@ -335,9 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BTFMError(f"--out-name '{args.out_name}' must be a file name, not a path; use --out-dir "
                         "for the folder")
     out_path = out_dir / args.out_name
-    if out_path.exists() and not args.overwrite:
-        raise BTFMError(f"output {out_path} already exists; pass --overwrite to replace it, or "
-                        "choose another --out-dir / --out-name")
+    refuse_overwrite(out_path, args.overwrite, "--out-dir / --out-name")  # before any slow work
     roi = open_roi(args.roi.expanduser())
     expected = None
     if args.tiles_dir is not None:

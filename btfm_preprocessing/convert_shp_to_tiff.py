@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError, InvalidROIError
-from btfm_core.fileio import atomic_path, ensure_writable_dir
+from btfm_core.fileio import atomic_path, ensure_writable_dir, refuse_overwrite
 from btfm_core.grid import Grid
 from btfm_core.logs import setup_logging
 
@@ -269,8 +269,7 @@ def convert(shapefile: str | Path, out: str | Path, *, resolution: float = PIPEL
         raise BTFMError(f"--burn-value must be in 1..255 (uint8, 0 = outside), got {burn_value}")
     if out.is_dir():
         raise BTFMError(f"--out {out} is a folder; give a file name such as {out / 'roi.tiff'}")
-    if out.exists() and not overwrite:
-        raise BTFMError(f"output {out} exists; pass --overwrite to replace it")
+    refuse_overwrite(out, overwrite, "--out")
     if resolution != PIPELINE_RESOLUTION_M:
         log.warning("--resolution %g: the pipeline needs a 10 m ROI; this raster will be rejected "
                     "by main_pipeline.sh", resolution)
