@@ -37,6 +37,8 @@ DEFAULT_TILE_SIZE = 500
 
 #: S2 band order of ``bands.npy`` (and of the model's S2 input).
 S2_BANDS: tuple[str, ...] = ("B04", "B02", "B03", "B08", "B8A", "B05", "B06", "B07", "B11", "B12")
+#: Length of the embedding in ``representation_retiled/<tile>.npy`` (H, W, EMBEDDING_DIM) float32.
+EMBEDDING_DIM = 128
 #: S1 band order of ``sar_*.npy``.
 S1_BANDS: tuple[str, ...] = ("VV", "VH")
 ORBIT_DIRECTIONS: tuple[str, ...] = ("ascending", "descending")

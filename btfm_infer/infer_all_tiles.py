@@ -193,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_model(args.checkpoint, "cpu")  # fail early on a missing or foreign checkpoint
     remove_stale_temporaries(args.output_dir)
     pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
-    for tile in pending:
-        read_tile(args.tiles_dir / tile.name)  # validates the tile contract before any work
+    # validate the tile contract before any work, and count the pixels to embed
+    roi_pixels = {tile: int(read_tile(args.tiles_dir / tile.name).roi.sum()) for tile in pending}
     n_gpu = torch.cuda.device_count() if args.max_gpu > 0 else 0
     if split[1] > 0 and args.max_gpu > 0 and n_gpu == 0:
         log.warning("no CUDA GPU found: the GPU share of tiles runs on the CPU workers")
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif plans:
         run_workers(plans, args, log_dir)
     seconds = time.perf_counter() - started
-    pixels = sum(int(read_tile(args.tiles_dir / t.name).roi.sum()) for t in pending)
+    pixels = sum(roi_pixels.values())
     log.info("embedded %d tile(s), %d px in %.1f s (%.0f px/s); outputs in %s", len(pending), pixels,
              seconds, pixels / max(seconds, 1e-9), args.output_dir)
     print(args.output_dir)

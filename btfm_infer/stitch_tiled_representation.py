@@ -24,12 +24,10 @@ from btfm_core.errors import BTFMError, InputDataError, TileFormatError
 from btfm_core.fileio import TMP_PREFIX, atomic_path, ensure_writable_dir, refuse_overwrite
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
-from btfm_core.tiles import TileId, list_tiles
+from btfm_core.tiles import EMBEDDING_DIM, TileId, list_tiles
 
 log = logging.getLogger(__name__)
 
-#: Length of one embedding vector (the model's ``dim_reducer`` output).
-EMBEDDING_DIM = 128
 DEFAULT_OUT_NAME = "stitched_representation.npy"
 #: Bytes of tile data copied per step (bounds the working set of the copy loop).
 _COPY_BYTES = 32 * 2**20

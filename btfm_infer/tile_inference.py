@@ -14,12 +14,11 @@ import numpy as np
 import torch
 
 from btfm_core.fileio import atomic_path
-from btfm_core.tiles import TileId, read_tile
+from btfm_core.tiles import EMBEDDING_DIM, TileId, read_tile
 from btfm_infer.embed import embed_pixels
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_DIM = 128
 #: Upper bound of the bytes of tile arrays gathered at once.
 BLOCK_BYTES = 256 * 1024 * 1024
 
