@@ -40,7 +40,7 @@ from btfm_core.tiles import (
 )
 from btfm_preprocessing.period import Period, parse_period
 from btfm_preprocessing.reader import gdal_env
-from btfm_preprocessing.sources import SOURCES, SceneSource
+from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, S1Source, S2Source, SourceOptions, default_s1_source
 from btfm_preprocessing.stac import Scene, local_path
 from btfm_preprocessing.stack import build_tile, group_by_day, split_by_orbit
 
@@ -61,7 +61,9 @@ class PreprocessSettings:
     s1_period: Period
     data_dir: Path
     source: str
+    s1_source: str
     catalog: str | None
+    s1_catalog: str | None
     s2_collection: str | None
     tile_size: int
     workers: int
@@ -79,6 +81,8 @@ class PreprocessSettings:
         """Hash of what determines tile contents; a tile made with another key is not reused."""
         parts = [self.source, str(self.catalog), str(self.s2_collection), str(self.s2_period), str(self.s1_period),
                  str(self.max_cloud), str(self.roi.grid)]
+        if (self.s1_source, self.s1_catalog) != (self.source, self.catalog):  # keeps older runs' keys valid
+            parts += [self.s1_source, str(self.s1_catalog)]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -106,12 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "is supported")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="run folder for tiles, logs and caches (default: the ROI's folder)")
-    parser.add_argument("--source", choices=sorted(SOURCES), default="local",
-                        help="where scenes come from")
+    parser.add_argument("--source", choices=sorted(S2_SOURCES), default="local",
+                        help="where Sentinel-2 L2A comes from (and Sentinel-1 too, if that source serves "
+                             "it and --s1-source is not given); see README for accounts and costs")
+    parser.add_argument("--s1-source", choices=sorted(S1_SOURCES), default=None,
+                        help="where Sentinel-1 backscatter comes from (default: the --source if it serves "
+                             "S1, else planetary); 'none' leaves the S1 series empty")
     parser.add_argument("--catalog", default=None,
                         help="--source local: STAC catalog (path or file:// URL, default: "
-                             f"{DEFAULT_CATALOG.relative_to(REPO_ROOT)}); --source earthsearch: another "
+                             f"{DEFAULT_CATALOG.relative_to(REPO_ROOT)}); earthsearch/planetary: another "
                              "API root serving the same collections")
+    parser.add_argument("--s1-catalog", default=None,
+                        help="root of the S1 source when it differs from --catalog (a static catalog, a "
+                             "mirror or an API endpoint)")
     parser.add_argument("--s2-collection", default=None,
                         help="S2 L2A collection (earthsearch: sentinel-2-l2a or sentinel-2-c1-l2a)")
     parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="tile size in pixels")
@@ -145,8 +156,15 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
     catalog = args.catalog
     if args.source == "local":
         catalog = str(local_path(str(catalog or DEFAULT_CATALOG)).expanduser().resolve())
+    s1_source = args.s1_source or default_s1_source(args.source)
+    s1_catalog = args.s1_catalog
+    if s1_catalog is None and s1_source == args.source:
+        s1_catalog = catalog
+    elif s1_source == "local":
+        s1_catalog = str(local_path(str(s1_catalog or DEFAULT_CATALOG)).expanduser().resolve())
     return PreprocessSettings(roi=roi, s2_period=s2_period, s1_period=s1_period, data_dir=data_dir,
-                              source=args.source, catalog=catalog, s2_collection=args.s2_collection,
+                              source=args.source, s1_source=s1_source, catalog=catalog, s1_catalog=s1_catalog,
+                              s2_collection=args.s2_collection,
                               tile_size=args.tile_size,
                               workers=args.workers, max_cloud=args.max_cloud,
                               keep_intermediate=args.keep_intermediate, overwrite=args.overwrite)
@@ -162,7 +180,8 @@ def _scene_from_json(data: dict[str, object]) -> Scene:
     return Scene(**{**data, "acquired": dt.datetime.fromisoformat(str(data["acquired"]))})  # type: ignore[arg-type]
 
 
-def search_scenes(settings: PreprocessSettings, source: SceneSource) -> tuple[list[Scene], list[Scene]]:
+def search_scenes(settings: PreprocessSettings, s2_source: S2Source,
+                  s1_source: S1Source) -> tuple[list[Scene], list[Scene]]:
     """Search S2 and S1 scenes once per run; the result is cached so a resumed run skips it."""
     cache = settings.data_dir / CACHE_DIRNAME / f"search-{settings.run_key}.json"
     if cache.is_file():
@@ -171,9 +190,9 @@ def search_scenes(settings: PreprocessSettings, source: SceneSource) -> tuple[li
         return ([_scene_from_json(s) for s in cached["s2"]], [_scene_from_json(s) for s in cached["s1"]])
     grid = settings.roi.grid
     with tqdm(total=2, desc="search", unit="collection", file=sys.stderr) as bar:
-        s2 = source.search_s2(grid, settings.s2_period, settings.max_cloud)
+        s2 = s2_source.search_s2(grid, settings.s2_period, settings.max_cloud)
         bar.update()
-        s1 = source.search_s1(grid, settings.s1_period)
+        s1 = s1_source.search_s1(grid, settings.s1_period)
         bar.update()
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
@@ -226,7 +245,11 @@ def run(settings: PreprocessSettings) -> RunSummary:
     removed = remove_stale_temporaries(settings.tiles_dir)
     if removed:
         log.info("removed %d unfinished tile(s) of an interrupted run", removed)
-    source = SOURCES[settings.source](settings.catalog, settings.s2_collection)
+    options = SourceOptions(catalog=settings.catalog, s1_catalog=settings.s1_catalog,
+                            s2_collection=settings.s2_collection,
+                            work_dir=settings.data_dir / CACHE_DIRNAME / settings.s1_source, workers=settings.workers)
+    s2_source = S2_SOURCES[settings.source](options)
+    s1_source = S1_SOURCES[settings.s1_source](options)
     roi_grid = settings.roi.grid
     tiles: list[tuple[TileId, np.ndarray]] = []
     for tile in tile_layout(roi_grid.height, roi_grid.width, settings.tile_size):
@@ -252,7 +275,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
         pending.append((tile, mask))
 
     with gdal_env():
-        s2_scenes, s1_scenes = search_scenes(settings, source)
+        s2_scenes, s1_scenes = search_scenes(settings, s2_source, s1_source)
     summary.s2_scenes, summary.s1_scenes = len(s2_scenes), len(s1_scenes)
     if not s2_scenes:
         raise NoScenesFoundError(
@@ -261,23 +284,28 @@ def run(settings: PreprocessSettings) -> RunSummary:
             "check the dates, the ROI location or --max-cloud")
     if not s1_scenes:
         log.warning("no Sentinel-1 scene found for %s; tiles get empty S1 series", settings.s1_period)
+    if pending and s1_scenes:
+        s1_scenes = s1_source.prepare_s1(s1_scenes, roi_grid)
     s2_days = group_by_day(s2_scenes)
     s1_days = {d: group_by_day(scenes) for d, scenes in split_by_orbit(s1_scenes).items()}
     log.info("%d S2 acquisition days, S1 days: %s", len(s2_days),
              ", ".join(f"{d} {len(s1_days[d])}" for d in ORBIT_DIRECTIONS))
 
-    metadata = {"run_key": settings.run_key, **source.describe()}
+    provenance = {**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
+                  "s1_backscatter": s1_source.backscatter}
+    metadata = {"run_key": settings.run_key, **provenance}
     with gdal_env(), ThreadPoolExecutor(settings.workers) as pool:
         for tile, mask in tqdm(pending, desc="tiles", unit="tile", file=sys.stderr):
             tile_grid = tile.grid(roi_grid)
             with TileWriter(settings.tiles_dir, tile, tile_grid, mask, metadata) as writer:
-                stats = build_tile(writer, tile_grid, s2_days, s1_days, pool, source.sign_href)
+                stats = build_tile(writer, tile_grid, s2_days, s1_days, pool, s2_source.read_s2_day,
+                                   s1_source.read_s1_day)
             log.info("tile %s: %d S2 dates, S1 %s", tile.name, stats.s2_dates, stats.s1_dates)
             summary.valid_counts.append(stats.valid_per_pixel)
             summary.tiles_written += 1
 
     write_run_metadata(settings.tiles_dir, {
-        **source.describe(),
+        **provenance,
         "run_key": settings.run_key,
         "roi": str(settings.roi.path),
         "s2_period": str(settings.s2_period),

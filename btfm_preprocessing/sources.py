@@ -1,23 +1,29 @@
 """Where scenes come from: each source is a STAC root plus a few attributes.
 
-Sentinel-2 and Sentinel-1 sources differ only in collections, asset keys and what kind of
-backscatter they serve; search and read code is shared (:mod:`btfm_preprocessing.stac`,
-:mod:`btfm_preprocessing.reader`). New backends (Earth Search, Planetary Computer, Sentinel Hub,
-ASF) are new entries in :data:`SOURCES` built on the same protocol.
+Sentinel-2 sources (``--source``) implement :class:`S2Source`, Sentinel-1 sources
+(``--s1-source``) :class:`S1Source`. STAC/COG sources (local catalog, Earth Search, Planetary
+Computer) differ only in roots, collections and asset keys and share the search and read code
+(:mod:`btfm_preprocessing.stac`, :mod:`btfm_preprocessing.reader`); Sentinel Hub
+(:mod:`btfm_preprocessing.sentinelhub`), ASF (:mod:`btfm_preprocessing.asf`) and HyP3
+(:mod:`btfm_preprocessing.hyp3`) bring their own search and read steps behind the same protocols.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from btfm_core.errors import SourceError
 from btfm_core.grid import Grid
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.stac import Scene, local_path, search_items, to_scene
+from btfm_preprocessing.stack import AcquisitionDay, read_s1_day, read_s2_day
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,29 @@ RECORDED_PROPERTIES = ("platform", "constellation", "btfm:backscatter", "sar:pro
                        "btfm:b8a_substitute", "s2:processing_baseline")
 
 
-class SceneSource(Protocol):
-    """What the pipeline needs from a data source."""
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the command line tells every source.
+
+    Attributes:
+        catalog: ``--catalog``: the S2 source's root (static catalog, or another API root).
+        s1_catalog: ``--s1-catalog``: the S1 source's root (defaults to ``catalog`` when S1 and
+            S2 come from the same source).
+        s2_collection: ``--s2-collection``.
+        work_dir: folder for downloads and processed scenes of sources that need them (under
+            the run's cache, removed at the end unless ``--keep-intermediate``).
+        workers: parallel requests a source may make.
+    """
+
+    catalog: str | None = None
+    s1_catalog: str | None = None
+    s2_collection: str | None = None
+    work_dir: Path | None = None
+    workers: int = 4
+
+
+class S2Source(Protocol):
+    """What the pipeline needs from a Sentinel-2 L2A source."""
 
     name: str
 
@@ -43,16 +70,36 @@ class SceneSource(Protocol):
         """S2 L2A scenes over ``grid`` in ``period`` with at most ``max_cloud`` % cloud."""
         ...
 
-    def search_s1(self, grid: Grid, period: Period) -> list[Scene]:
-        """S1 backscatter scenes (linear power, VV and VH) over ``grid`` in ``period``."""
+    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
+        """One day's mosaic on ``grid``: ``(bands (H, W, 10) uint16, mask (H, W) uint8)`` or None."""
         ...
 
     def describe(self) -> dict[str, object]:
-        """Provenance recorded in the run metadata (collections, backscatter kind)."""
+        """Provenance recorded in the run metadata (collections, endpoints)."""
         ...
 
-    def sign_href(self, href: str) -> str:
-        """A readable URL for an asset href (signed where the source needs it)."""
+
+class S1Source(Protocol):
+    """What the pipeline needs from a Sentinel-1 backscatter source."""
+
+    name: str
+    #: what the backscatter is (e.g. ``gamma0 RTC``, ``sigma0``), recorded in the run metadata.
+    backscatter: str
+
+    def search_s1(self, grid: Grid, period: Period) -> list[Scene]:
+        """S1 scenes over ``grid`` in ``period``, oldest first."""
+        ...
+
+    def prepare_s1(self, scenes: Sequence[Scene], grid: Grid) -> list[Scene]:
+        """Make the scenes readable on ``grid`` (download, process); resumable. May drop scenes."""
+        ...
+
+    def read_s1_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> np.ndarray | None:
+        """One day's mosaic on ``grid``: (H, W, 2) int16 dB codes (0 = no data), or None."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """Provenance recorded in the run metadata."""
         ...
 
 
@@ -91,6 +138,10 @@ class StacSource:
                              query={"eo:cloud_cover": {"lte": max_cloud}})
         return [to_scene(item, self.s2_assets, RECORDED_PROPERTIES) for item in items]
 
+    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
+        """One day's COG reads, masked and mosaicked (:func:`~btfm_preprocessing.stack.read_s2_day`)."""
+        return read_s2_day(day, grid, pool, self.sign_href)
+
     def search_s1(self, grid: Grid, period: Period) -> list[Scene]:
         """S1 scenes over the grid, oldest first (none if the source serves no S1 backscatter)."""
         if self.s1_collection is None:
@@ -99,16 +150,27 @@ class StacSource:
         items = search_items(self.root, self.s1_collection, grid.lonlat_bounds(), period)
         return [to_scene(item, self.s1_assets, RECORDED_PROPERTIES) for item in items]
 
+    def prepare_s1(self, scenes: Sequence[Scene], grid: Grid) -> list[Scene]:
+        """Nothing to prepare: the COGs are read where they are."""
+        return list(scenes)
+
+    def read_s1_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> np.ndarray | None:
+        """One day's COG reads in the dB encoding (:func:`~btfm_preprocessing.stack.read_s1_day`)."""
+        return read_s1_day(day, grid, pool, self.sign_href)
+
     def describe(self) -> dict[str, object]:
-        """Collections, root and backscatter kind for the run metadata."""
+        """Root and collections for the run metadata."""
         return {"source": self.name, "root": self.root, "s2_collection": self.s2_collection,
-                "s1_collection": self.s1_collection, "s1_backscatter": self.backscatter}
+                "s1_collection": self.s1_collection}
 
 
-def local_source(catalog: str | Path, s2_collection: str | None = None) -> StacSource:
+def local_source(options: SourceOptions, *, for_s1: bool = False) -> StacSource:
     """A static STAC catalog on disk (e.g. the embedded demo sample)."""
+    catalog = (options.s1_catalog if for_s1 else None) or options.catalog
+    if catalog is None:
+        raise SourceError("the local source needs a static STAC catalog: pass --catalog (or --s1-catalog)")
     path = local_path(str(catalog)).expanduser().resolve()
-    return StacSource(name="local", root=str(path), s2_collection=s2_collection or "sentinel-2-l2a",
+    return StacSource(name="local", root=str(path), s2_collection=options.s2_collection or "sentinel-2-l2a",
                       backscatter="as recorded in each item")
 
 
@@ -117,18 +179,17 @@ EARTH_SEARCH_URL = "https://earth-search.aws.element84.com/v1"
 EARTH_SEARCH_S2_COLLECTIONS = ("sentinel-2-l2a", "sentinel-2-c1-l2a")
 
 
-def earthsearch_source(catalog: str | Path | None, s2_collection: str | None = None) -> StacSource:
+def earthsearch_source(options: SourceOptions) -> StacSource:
     """Element84 Earth Search: S2 L2A COGs on AWS, no account. It serves no S1 backscatter.
 
-    Args:
-        catalog: another API root serving the same collections (a mirror, or a test server).
-        s2_collection: ``sentinel-2-l2a`` (default) or ``sentinel-2-c1-l2a``.
+    ``options.catalog`` may name another API root serving the same collections (a mirror, or a
+    test server); ``options.s2_collection`` is ``sentinel-2-l2a`` (default) or ``sentinel-2-c1-l2a``.
     """
-    collection = s2_collection or EARTH_SEARCH_S2_COLLECTIONS[0]
+    collection = options.s2_collection or EARTH_SEARCH_S2_COLLECTIONS[0]
     if collection not in EARTH_SEARCH_S2_COLLECTIONS:
         raise SourceError(f"Earth Search has no S2 L2A collection '{collection}'; use one of "
                           f"{', '.join(EARTH_SEARCH_S2_COLLECTIONS)}")
-    return StacSource(name="earthsearch", root=str(catalog or EARTH_SEARCH_URL), s2_collection=collection,
+    return StacSource(name="earthsearch", root=str(options.catalog or EARTH_SEARCH_URL), s2_collection=collection,
                       s1_collection=None, backscatter="none")
 
 
@@ -147,20 +208,80 @@ def planetary_sign(href: str) -> str:
     return str(planetary_computer.sign(href))
 
 
-def planetary_source(catalog: str | Path | None, s2_collection: str | None = None) -> StacSource:
+def planetary_source(options: SourceOptions, *, for_s1: bool = False) -> StacSource:
     """Microsoft Planetary Computer: S2 L2A (raw +1000 offset from 2022-01-25, removed here) and
     S1 RTC (gamma0, terrain-flattened, linear power, 10 m), both as COGs; no account needed.
 
-    Args:
-        catalog: another API root serving the same collections (a mirror, or a test server).
-        s2_collection: S2 collection id (default ``sentinel-2-l2a``).
+    ``options.catalog`` (``options.s1_catalog`` for S1) may name another API root serving the same
+    collections (a mirror, or a test server).
     """
-    return StacSource(name="planetary", root=str(catalog or PLANETARY_URL),
-                      s2_collection=s2_collection or "sentinel-2-l2a", s1_collection="sentinel-1-rtc",
+    root = ((options.s1_catalog if for_s1 else None) or options.catalog or PLANETARY_URL)
+    return StacSource(name="planetary", root=str(root),
+                      s2_collection=options.s2_collection or "sentinel-2-l2a", s1_collection="sentinel-1-rtc",
                       backscatter="gamma0 RTC (terrain-flattened), linear power",
                       s2_assets=dict(PLANETARY_S2_ASSETS),
                       signer=lambda href: planetary_sign(href))  # looked up at call time (tests replace it)
 
 
-#: Source name -> constructor taking the ``--catalog`` value and the ``--s2-collection`` value.
-SOURCES = {"local": local_source, "earthsearch": earthsearch_source, "planetary": planetary_source}
+@dataclass(frozen=True)
+class NoS1Source:
+    """``--s1-source none``: tiles get empty S1 series."""
+
+    name: str = "none"
+    backscatter: str = "none"
+
+    def search_s1(self, grid: Grid, period: Period) -> list[Scene]:
+        """No scenes."""
+        return []
+
+    def prepare_s1(self, scenes: Sequence[Scene], grid: Grid) -> list[Scene]:
+        """Nothing to prepare."""
+        return list(scenes)
+
+    def read_s1_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> np.ndarray | None:
+        """Never called: there are no days."""
+        return None
+
+    def describe(self) -> dict[str, object]:
+        """No S1 source."""
+        return {"source": self.name}
+
+
+def _sentinelhub(options: SourceOptions) -> S2Source:
+    from btfm_preprocessing.sentinelhub import sentinelhub_source  # imports the sentinelhub package
+
+    return sentinelhub_source(options)
+
+
+def _asf(options: SourceOptions) -> S1Source:
+    from btfm_preprocessing.asf import asf_source  # imports asf_search
+
+    return asf_source(options)
+
+
+def _asf_hyp3(options: SourceOptions) -> S1Source:
+    from btfm_preprocessing.hyp3 import hyp3_source  # imports hyp3_sdk
+
+    return hyp3_source(options)
+
+
+#: ``--source`` name -> constructor of the Sentinel-2 L2A source.
+S2_SOURCES: dict[str, Callable[[SourceOptions], S2Source]] = {
+    "local": local_source,
+    "earthsearch": earthsearch_source,
+    "planetary": planetary_source,
+    "sentinelhub": _sentinelhub,
+}
+#: ``--s1-source`` name -> constructor of the Sentinel-1 source.
+S1_SOURCES: dict[str, Callable[[SourceOptions], S1Source]] = {
+    "local": lambda options: local_source(options, for_s1=True),
+    "planetary": lambda options: planetary_source(options, for_s1=True),
+    "asf": _asf,
+    "asf-hyp3": _asf_hyp3,
+    "none": lambda options: NoS1Source(),
+}
+
+
+def default_s1_source(s2_source: str) -> str:
+    """The S1 source used when ``--s1-source`` is not given: the same one if it serves S1."""
+    return s2_source if s2_source in S1_SOURCES else "planetary"

@@ -141,15 +141,23 @@ class TileStats:
     valid_per_pixel: np.ndarray  # (n_roi_pixels,) count of valid S2 observations
 
 
+S2DayReader = Callable[[AcquisitionDay, Grid, Executor], "tuple[np.ndarray, np.ndarray] | None"]
+S1DayReader = Callable[[AcquisitionDay, Grid, Executor], "np.ndarray | None"]
+
+
 def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay],
                s1_days: dict[str, list[AcquisitionDay]], pool: Executor,
-               sign: Callable[[str], str] = unsigned) -> TileStats:
-    """Fill an open :class:`TileWriter` with every day that has data over the tile."""
+               read_s2: S2DayReader = read_s2_day, read_s1: S1DayReader = read_s1_day) -> TileStats:
+    """Fill an open :class:`TileWriter` with every day that has data over the tile.
+
+    ``read_s2`` / ``read_s1`` give one day's mosaic on the tile grid (a source's
+    ``read_s2_day`` / ``read_s1_day``; by default plain COG reads).
+    """
     bands = writer.allocate_bands(len(s2_days))
     masks = writer.allocate_masks(len(s2_days))
     kept: list[AcquisitionDay] = []
     for day in s2_days:
-        result = read_s2_day(day, grid, pool, sign)
+        result = read_s2(day, grid, pool)
         if result is None:
             continue
         bands[len(kept)], masks[len(kept)] = result
@@ -167,7 +175,7 @@ def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay]
         sar = writer.allocate_sar(direction, len(days))
         kept_s1: list[AcquisitionDay] = []
         for day in days:
-            codes = read_s1_day(day, grid, pool, sign)
+            codes = read_s1(day, grid, pool)
             if codes is not None:
                 sar[len(kept_s1)] = codes
                 kept_s1.append(day)

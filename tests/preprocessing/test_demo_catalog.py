@@ -24,7 +24,7 @@ from shapely.geometry import shape
 from btfm_core.errors import SourceError
 from btfm_core.roi import open_roi
 from btfm_preprocessing.period import Period
-from btfm_preprocessing.sources import local_source
+from btfm_preprocessing.sources import SourceOptions, local_source
 from btfm_preprocessing.stac import search_items
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -194,7 +194,7 @@ def test_search_filters_dates_place_and_cloud() -> None:
 
 def test_local_source_parses_scenes() -> None:
     roi = open_roi(DEMO_DIR / "roi.tiff")
-    source = local_source(f"file://{CATALOG}")
+    source = local_source(SourceOptions(catalog=f"file://{CATALOG}"))
     scenes = source.search_s2(roi.grid, YEAR, max_cloud=90)
     assert len(scenes) == 10  # Dec and Jan are 100 % no data
     assert set(scenes[0].assets) == {"B04", "B02", "B03", "B08", "B8A", "B05", "B06", "B07", "B11", "B12", "SCL"}

@@ -22,7 +22,7 @@ from btfm_core.loopback import LoopbackServer
 from btfm_core.tiles import read_tile
 from btfm_preprocessing import pipeline
 from btfm_preprocessing.reader import gdal_env, read_on_grid
-from btfm_preprocessing.sources import earthsearch_source
+from btfm_preprocessing.sources import SourceOptions, earthsearch_source
 from tests.conftest import DEMO_DIR
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
@@ -84,15 +84,13 @@ def server() -> LoopbackServer:
         yield srv
 
 
-def test_api_source_gives_the_same_tiles_as_the_static_catalog(server: LoopbackServer, tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_api_source_gives_the_same_tiles_as_the_static_catalog(server: LoopbackServer, tmp_path: Path) -> None:
     for name in ("local", "remote"):
         (tmp_path / name).mkdir()
         shutil.copy(DEMO_DIR / "roi.tiff", tmp_path / name / "roi.tiff")
     assert pipeline.main([str(tmp_path / "local" / "roi.tiff"), *DATES, "--tile-size", "50", "-q"]) == 0
     assert pipeline.main([str(tmp_path / "remote" / "roi.tiff"), *DATES, "--source", "earthsearch",
-                          "--catalog", f"{server.url}/api", "--tile-size", "50", "-q"]) == 0
-    assert "serves no Sentinel-1 backscatter" in caplog.text
+                          "--s1-source", "none", "--catalog", f"{server.url}/api", "--tile-size", "50", "-q"]) == 0
     for tile in ("0_0_50_50", "50_50_100_100"):
         local = read_tile(tmp_path / "local" / "retiled_d_pixel" / tile)
         remote = read_tile(tmp_path / "remote" / "retiled_d_pixel" / tile)
@@ -105,7 +103,7 @@ def test_api_source_gives_the_same_tiles_as_the_static_catalog(server: LoopbackS
 
 def test_paging_collects_every_item(server: LoopbackServer) -> None:
     grid = Grid("EPSG:32631", Affine(10, 0, 664000, 0, -10, 5612120), 100, 100)
-    source = earthsearch_source(f"{server.url}/api")
+    source = earthsearch_source(SourceOptions(catalog=f"{server.url}/api"))
     from btfm_preprocessing.period import Period
 
     scenes = source.search_s2(grid, Period(dt.date(2020, 11, 1), dt.date(2021, 10, 31)), max_cloud=100)
@@ -165,6 +163,16 @@ def test_search_retries_a_503(server: LoopbackServer) -> None:
     from btfm_preprocessing.period import Period
 
     grid = Grid("EPSG:32631", Affine(10, 0, 664000, 0, -10, 5612120), 100, 100)
-    scenes = earthsearch_source(f"{server.url}/api").search_s2(
+    scenes = earthsearch_source(SourceOptions(catalog=f"{server.url}/api")).search_s2(
         grid, Period(dt.date(2021, 5, 1), dt.date(2021, 5, 31)), max_cloud=100)
     assert len(scenes) == 1 and calls["search"] == 2
+
+
+def test_s1_source_defaults() -> None:
+    from btfm_preprocessing.sources import S1_SOURCES, default_s1_source
+
+    assert default_s1_source("local") == "local"
+    assert default_s1_source("planetary") == "planetary"
+    assert default_s1_source("earthsearch") == "planetary"  # Earth Search serves no S1 backscatter
+    assert default_s1_source("sentinelhub") == "planetary"
+    assert S1_SOURCES["none"](SourceOptions()).search_s1(None, None) == []  # type: ignore[arg-type]
