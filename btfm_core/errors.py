@@ -43,3 +43,11 @@ class InputDataError(BTFMError, ValueError):
 
 class SourceError(BTFMError, RuntimeError):
     """A data source failed (unreadable asset, unsupported catalog, bad credentials)."""
+
+
+class CredentialsError(SourceError):
+    """Credentials for a service are missing or were rejected; the message names what to set."""
+
+
+class DownloadError(SourceError):
+    """A download failed or ended incomplete (size or checksum mismatch)."""

@@ -1,0 +1,98 @@
+"""Credentials for the services that need an account, read from the environment or ``~/.netrc``.
+
+Secrets never appear in logs, messages, metadata or reprs: they travel as :class:`Secret`, and
+errors name the variable or ``~/.netrc`` entry to set, never a value.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from btfm_core.errors import CredentialsError
+
+#: NASA Earthdata login host (ASF downloads and HyP3).
+EARTHDATA_HOST = "urs.earthdata.nasa.gov"
+
+
+class Secret(str):
+    """A string whose ``repr``/``str`` formatting hides the value; use :meth:`reveal` to get it."""
+
+    def reveal(self) -> str:
+        """The secret value, for passing to a client library."""
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+
+@dataclass(frozen=True)
+class UserPassword:
+    """A login; ``origin`` says where it was found (for messages, never the values)."""
+
+    username: str
+    password: Secret
+    origin: str
+
+
+def env_secret(name: str, purpose: str) -> Secret:
+    """The environment variable ``name`` as a :class:`Secret`.
+
+    Raises:
+        CredentialsError: if it is unset or empty; the message names the variable and ``purpose``.
+    """
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise CredentialsError(f"{purpose} needs the environment variable {name}; set it (export {name}=...) "
+                               "and run again")
+    return Secret(value)
+
+
+def netrc_login(host: str, netrc_path: Path | None = None) -> UserPassword | None:
+    """The ``machine host`` entry of ``~/.netrc`` (or ``$NETRC``), or None if there is none.
+
+    Raises:
+        CredentialsError: if the file exists but cannot be parsed.
+    """
+    path = netrc_path or Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if not path.is_file():
+        return None
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (netrc.NetrcParseError, OSError) as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.__class__.__name__} (fix the file's syntax; "
+                               f"expected 'machine {host} login USER password PASS')") from None
+    if not entry or not entry[0] or not entry[2]:
+        return None
+    return UserPassword(entry[0], Secret(entry[2]), f"{path} (machine {host})")
+
+
+def earthdata_login(netrc_path: Path | None = None) -> UserPassword:
+    """NASA Earthdata login: ``EARTHDATA_USERNAME``/``EARTHDATA_PASSWORD``, else ``~/.netrc``.
+
+    Raises:
+        CredentialsError: naming both ways to provide it when neither is set.
+    """
+    user = os.environ.get("EARTHDATA_USERNAME", "").strip()
+    password = os.environ.get("EARTHDATA_PASSWORD", "").strip()
+    if user and password:
+        return UserPassword(user, Secret(password), "EARTHDATA_USERNAME/EARTHDATA_PASSWORD")
+    if user or password:
+        missing = "EARTHDATA_PASSWORD" if user else "EARTHDATA_USERNAME"
+        raise CredentialsError(f"NASA Earthdata login is incomplete: {missing} is not set (set both "
+                               "EARTHDATA_USERNAME and EARTHDATA_PASSWORD, or use ~/.netrc)")
+    login = netrc_login(EARTHDATA_HOST, netrc_path)
+    if login is None:
+        raise CredentialsError(
+            "ASF needs a NASA Earthdata login (free: https://urs.earthdata.nasa.gov/users/new): set "
+            "EARTHDATA_USERNAME and EARTHDATA_PASSWORD, or add "
+            f"'machine {EARTHDATA_HOST} login USER password PASS' to ~/.netrc (chmod 600)")
+    return login
