@@ -10,13 +10,34 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
-#: (method, path, body) -> JSON-serialisable answer, an int HTTP error status, or None when the
-#: route is not handled.
+#: (method, path, body) -> JSON-serialisable answer, an int HTTP error status, a :class:`Reply`,
+#: or None when the route is not handled.
 Api = Callable[[str, str, bytes | None], object | None]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A non-JSON answer of an API route (binary body, headers, or a deliberately cut connection).
+
+    Attributes:
+        body: the response body.
+        status: HTTP status.
+        content_type: ``Content-Type`` header.
+        headers: extra headers.
+        cut_after: send only this many bytes of ``body`` (``Content-Length`` announces all of it),
+            then close the connection: a connection dropped mid-file.
+    """
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/octet-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+    cut_after: int | None = None
 
 
 class LoopbackServer:
@@ -27,13 +48,29 @@ class LoopbackServer:
         self.api = api
         self.bytes_served: Counter[str] = Counter()
         self.queries: set[str] = set()
+        #: file name -> bytes after which the next GET of that file drops the connection (once).
+        self.cut_next: dict[str, int] = {}
+        #: request headers of every request, in order (e.g. to check authentication).
+        self.request_headers: list[dict[str, str]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:  # keep test output quiet
                 pass
 
+            def _send(self, reply: Reply) -> None:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(reply.body[:reply.cut_after])
+                if reply.cut_after is not None:
+                    self.close_connection = True
+
             def _json(self, body: bytes | None) -> bool:
+                server.request_headers.append(dict(self.headers.items()))
                 if server.api is None:
                     return False
                 answer = server.api(self.command, self.path, body)
@@ -41,6 +78,9 @@ class LoopbackServer:
                     return False
                 if isinstance(answer, int):  # an HTTP error status
                     self.send_error(answer)
+                    return True
+                if isinstance(answer, Reply):
+                    self._send(answer)
                     return True
                 data = json.dumps(answer).encode()
                 self.send_response(200)
@@ -72,8 +112,13 @@ class LoopbackServer:
                 self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
                 if not head:
-                    self.wfile.write(data[start:end + 1])
-                    server.bytes_served[path.name] += end - start + 1
+                    chunk = data[start:end + 1]
+                    cut = server.cut_next.pop(path.name, None)
+                    if cut is not None:
+                        chunk = chunk[:cut]
+                        self.close_connection = True
+                    self.wfile.write(chunk)
+                    server.bytes_served[path.name] += len(chunk)
 
             def do_GET(self) -> None:
                 if not self._json(None):
