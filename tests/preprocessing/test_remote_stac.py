@@ -34,16 +34,17 @@ ES_TO_PC = {"red": "B04", "blue": "B02", "green": "B03", "nir": "B08", "nir08": 
             "rededge2": "B06", "rededge3": "B07", "swir16": "B11", "swir22": "B12", "scl": "SCL"}
 
 
-def stac_api(base: str, planetary_keys: bool = False) -> object:
-    """Serve the sample's items like a STAC API's /search (POST, paged with a 'next' token);
-    with ``planetary_keys`` the S2 assets carry Planetary Computer's names (B04, ..., SCL)."""
-    catalog = pystac.read_file(str(DEMO_DIR / "catalog.json"))
+def stac_api(base: str, planetary_keys: bool = False, root: Path = DEMO_DIR) -> object:
+    """Serve the items of the static catalog in ``root`` (default: the embedded sample) like a STAC
+    API's /search (POST, paged with a 'next' token); with ``planetary_keys`` the S2 assets carry
+    Planetary Computer's names (B04, ..., SCL)."""
+    catalog = pystac.read_file(str(root / "catalog.json"))
     catalog.make_all_asset_hrefs_absolute()
     items = []
     for item in catalog.get_items(recursive=True):
         data = item.to_dict(include_self_link=False, transform_hrefs=False)
         for asset in data["assets"].values():
-            asset["href"] = f"{base}/{Path(asset['href']).relative_to(DEMO_DIR).as_posix()}"
+            asset["href"] = f"{base}/{Path(asset['href']).relative_to(root).as_posix()}"
         data["links"] = []
         if planetary_keys and data["collection"] == "sentinel-2-l2a":
             data["assets"] = {ES_TO_PC[key]: asset for key, asset in data["assets"].items()}
