@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,19 @@ log = logging.getLogger(__name__)
 PART_SUFFIX = ".part"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 CHUNK_BYTES = 1 << 16
+_received = {"bytes": 0}
+_received_lock = threading.Lock()
+
+
+def downloaded_bytes() -> int:
+    """Bytes received by :func:`download` in this process so far (for the run summary)."""
+    return _received["bytes"]
+
+
+def count_received(n: int) -> None:
+    """Add ``n`` bytes received over the network to :func:`downloaded_bytes` (for other clients too)."""
+    with _received_lock:
+        _received["bytes"] += n
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,7 @@ def download(url: str, dest: Path, session: requests.Session, expected: Expected
                 for chunk in response.iter_content(CHUNK_BYTES):
                     handle.write(chunk)
                     bar.update(len(chunk))
+                    count_received(len(chunk))
             if expected.size is not None and part.stat().st_size < expected.size:
                 raise DownloadError(f"connection ended after {part.stat().st_size} of {expected.size} bytes")
             break

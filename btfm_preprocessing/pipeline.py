@@ -38,8 +38,9 @@ from btfm_core.tiles import (
     tile_layout,
     write_run_metadata,
 )
+from btfm_preprocessing.download import downloaded_bytes
 from btfm_preprocessing.period import Period, parse_period
-from btfm_preprocessing.reader import gdal_env
+from btfm_preprocessing.reader import gdal_env, network_bytes_read
 from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, S1Source, S2Source, SourceOptions, default_s1_source
 from btfm_preprocessing.stac import Scene, local_path
 from btfm_preprocessing.stack import build_tile, group_by_day, split_by_orbit
@@ -216,31 +217,48 @@ class RunSummary:
     tiles_total: int = 0
     tiles_written: int = 0
     tiles_skipped: int = 0
+    s2_source: str = ""
+    s1_source: str = ""
     s2_scenes: int = 0
     s1_scenes: int = 0
+    s2_ids: frozenset[str] = frozenset()
+    s1_ids: frozenset[str] = frozenset()
+    scenes_used: set[str] = dataclasses.field(default_factory=set)
     valid_counts: list[np.ndarray] = dataclasses.field(default_factory=list)
+    network_bytes: int | None = None
     seconds: float = 0.0
 
     def lines(self, tiles_dir: Path) -> list[str]:
         """Human-readable summary."""
         valid = np.concatenate(self.valid_counts) if self.valid_counts else np.zeros(0, np.int32)
         stats = (f"mean {valid.mean():.1f}, min {valid.min()}, max {valid.max()}" if valid.size else "n/a")
+        traffic = "n/a" if self.network_bytes is None else f"{self.network_bytes / 1e6:.1f} MB"
         return [
             f"tiles: {self.tiles_total} ({self.tiles_written} written, {self.tiles_skipped} already done)",
-            f"scenes: {self.s2_scenes} Sentinel-2, {self.s1_scenes} Sentinel-1",
+            f"Sentinel-2 scenes ({self.s2_source}): {self.s2_scenes} found, "
+            f"{len(self.scenes_used & self.s2_ids)} with data in the tiles",
+            f"Sentinel-1 scenes ({self.s1_source}): {self.s1_scenes} found, "
+            f"{len(self.scenes_used & self.s1_ids)} with data in the tiles",
+            f"read over the network: {traffic}",
             f"valid S2 observations per ROI pixel: {stats}",
             f"output: {tiles_dir}",
             f"time: {self.seconds:.1f} s; peak memory (RSS): {peak_rss_mb():.0f} MB",
         ]
 
 
-def _tile_is_current(folder: Path, run_key: str) -> bool:
-    return read_tile_metadata(folder).get("run_key") == run_key
+def _current_tile_scenes(folder: Path, run_key: str) -> set[str] | None:
+    """Scene ids used by a finished tile of this run (None: the tile was made by another run)."""
+    metadata = read_tile_metadata(folder)
+    if metadata.get("run_key") != run_key:
+        return None
+    groups = [metadata.get("s2_scenes", [])] + [metadata.get(f"s1_{d}_scenes", []) for d in ORBIT_DIRECTIONS]
+    return {scene for days in groups for day in days for scene in day}
 
 
 def run(settings: PreprocessSettings) -> RunSummary:
     """Write every tile of the ROI that is not already done; return the run's figures."""
     started = time.perf_counter()
+    network_start = _network_bytes()
     ensure_writable_dir(settings.tiles_dir, "tiles folder (--data-dir)")
     removed = remove_stale_temporaries(settings.tiles_dir)
     if removed:
@@ -256,7 +274,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
         mask = settings.roi.read_mask(tile.grid(roi_grid))
         if mask.any():
             tiles.append((tile, mask))
-    summary = RunSummary(tiles_total=len(tiles))
+    summary = RunSummary(tiles_total=len(tiles), s2_source=settings.source, s1_source=settings.s1_source)
     log.info("ROI %s: %dx%d px, %d px inside, %d tile(s) of %d px", settings.roi.path, roi_grid.width,
              roi_grid.height, settings.roi.inside_pixels, len(tiles), settings.tile_size)
 
@@ -264,8 +282,10 @@ def run(settings: PreprocessSettings) -> RunSummary:
     for tile, mask in tiles:
         folder = settings.tiles_dir / tile.name
         if folder.is_dir():
-            if _tile_is_current(folder, settings.run_key):
+            done_scenes = _current_tile_scenes(folder, settings.run_key)
+            if done_scenes is not None:
                 summary.tiles_skipped += 1
+                summary.scenes_used |= done_scenes
                 masks = read_tile(folder).masks
                 summary.valid_counts.append(masks.sum(axis=0, dtype=np.int32)[mask != 0])
                 continue
@@ -277,6 +297,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
     with gdal_env():
         s2_scenes, s1_scenes = search_scenes(settings, s2_source, s1_source)
     summary.s2_scenes, summary.s1_scenes = len(s2_scenes), len(s1_scenes)
+    summary.s2_ids, summary.s1_ids = frozenset(s.id for s in s2_scenes), frozenset(s.id for s in s1_scenes)
     if not s2_scenes:
         raise NoScenesFoundError(
             f"no Sentinel-2 scene found for {settings.s2_period} over the ROI in source "
@@ -302,6 +323,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
                                    s1_source.read_s1_day)
             log.info("tile %s: %d S2 dates, S1 %s", tile.name, stats.s2_dates, stats.s1_dates)
             summary.valid_counts.append(stats.valid_per_pixel)
+            summary.scenes_used |= stats.scenes_used
             summary.tiles_written += 1
 
     write_run_metadata(settings.tiles_dir, {
@@ -322,7 +344,16 @@ def run(settings: PreprocessSettings) -> RunSummary:
     if not settings.keep_intermediate:
         shutil.rmtree(settings.data_dir / CACHE_DIRNAME, ignore_errors=True)
     summary.seconds = time.perf_counter() - started
+    network_end = _network_bytes()
+    if network_start is not None and network_end is not None:
+        summary.network_bytes = network_end - network_start
     return summary
+
+
+def _network_bytes() -> int | None:
+    """Bytes received so far by GDAL range reads and whole-file downloads (None: unknown)."""
+    gdal_bytes = network_bytes_read()
+    return None if gdal_bytes is None else gdal_bytes + downloaded_bytes()
 
 
 @entry_point

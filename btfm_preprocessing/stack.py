@@ -139,6 +139,7 @@ class TileStats:
     s2_dates: int
     s1_dates: dict[str, int]
     valid_per_pixel: np.ndarray  # (n_roi_pixels,) count of valid S2 observations
+    scenes_used: frozenset[str] = frozenset()  # ids of the S2 and S1 scenes with data in the tile
 
 
 S2DayReader = Callable[[AcquisitionDay, Grid, Executor], "tuple[np.ndarray, np.ndarray] | None"]
@@ -169,7 +170,7 @@ def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay]
     writer.shrink_dates(BANDS_FILE, len(kept))
     writer.shrink_dates(MASKS_FILE, len(kept))
     writer.write_array(DOYS_FILE, np.array([d.doy for d in kept], np.uint16))
-    s1_kept: dict[str, list[str]] = {}
+    s1_kept: dict[str, list[AcquisitionDay]] = {}
     for direction in ORBIT_DIRECTIONS:
         days = s1_days.get(direction, [])
         sar = writer.allocate_sar(direction, len(days))
@@ -183,10 +184,12 @@ def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay]
         del sar
         writer.shrink_dates(sar_file(direction), len(kept_s1))
         writer.write_array(sar_doy_file(direction), np.array([d.doy for d in kept_s1], np.int32))
-        s1_kept[direction] = [d.day.isoformat() for d in kept_s1]
+        s1_kept[direction] = kept_s1
     writer.metadata.update({
         "s2_dates": [d.day.isoformat() for d in kept],
         "s2_scenes": [[s.id for s in d.scenes] for d in kept],
-        **{f"s1_{direction}_dates": dates for direction, dates in s1_kept.items()},
+        **{f"s1_{direction}_dates": [d.day.isoformat() for d in days] for direction, days in s1_kept.items()},
+        **{f"s1_{direction}_scenes": [[s.id for s in d.scenes] for d in days] for direction, days in s1_kept.items()},
     })
-    return TileStats(len(kept), {k: len(v) for k, v in s1_kept.items()}, valid_per_pixel)
+    used = frozenset(s.id for d in [*kept, *(d for days in s1_kept.values() for d in days)] for s in d.scenes)
+    return TileStats(len(kept), {k: len(v) for k, v in s1_kept.items()}, valid_per_pixel, used)

@@ -177,3 +177,18 @@ def test_s1_source_defaults() -> None:
     assert default_s1_source("earthsearch") == "planetary"  # Earth Search serves no S1 backscatter
     assert default_s1_source("sentinelhub") == "planetary"
     assert S1_SOURCES["none"](SourceOptions()).search_s1(None, None) == []  # type: ignore[arg-type]
+
+
+def test_run_summary_counts_scenes_and_network_bytes(server: LoopbackServer, tmp_path: Path) -> None:
+    shutil.copy(DEMO_DIR / "roi.tiff", tmp_path / "roi.tiff")
+    args = pipeline.build_parser().parse_args([str(tmp_path / "roi.tiff"), *DATES, "--source", "earthsearch",
+                                               "--s1-source", "none", "--catalog", f"{server.url}/api",
+                                               "--tile-size", "50", "--max-cloud", "100"])
+    summary = pipeline.run(pipeline.settings_from_args(args))
+    served = sum(server.bytes_served.values())
+    assert summary.network_bytes is not None and served * 0.9 <= summary.network_bytes <= served * 1.1
+    lines = "\n".join(summary.lines(tmp_path))
+    assert "Sentinel-2 scenes (earthsearch): 12 found, 10 with data in the tiles" in lines  # Dec/Jan: no data
+    assert "Sentinel-1 scenes (none): 0 found" in lines
+    resumed = pipeline.run(pipeline.settings_from_args(args))
+    assert resumed.tiles_skipped == 4 and resumed.scenes_used == summary.scenes_used
