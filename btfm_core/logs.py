@@ -36,5 +36,6 @@ def setup_logging(log_file: str | os.PathLike[str] | None = None, verbosity: int
         file_handler.setFormatter(logging.Formatter(FORMAT))
         setattr(file_handler, _OWNED, True)
         root.addHandler(file_handler)
-    for noisy in ("rasterio", "urllib3", "fiona", "pyogrio", "matplotlib"):
+    # libraries that log at DEBUG what must not reach a log file (OAuth secrets) or is just noise
+    for noisy in ("rasterio", "urllib3", "fiona", "pyogrio", "matplotlib", "requests_oauthlib", "oauthlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", default=None,
                         help="--source local: STAC catalog (path or file:// URL, default: "
                              f"{DEFAULT_CATALOG.relative_to(REPO_ROOT)}); earthsearch/planetary: another "
-                             "API root serving the same collections")
+                             "API root serving the same collections; sentinelhub: base URL, or 'sentinelhub' / "
+                             "'cdse' (Copernicus Data Space)")
     parser.add_argument("--s1-catalog", default=None,
                         help="root of the S1 source when it differs from --catalog (a static catalog, a "
                              "mirror or an API endpoint)")
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="S2 L2A collection (earthsearch: sentinel-2-l2a or sentinel-2-c1-l2a)")
     parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="tile size in pixels")
     parser.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2),
-                        help="parallel asset reads")
+                        help="acquisition days read at once, and parallel asset reads per day")
     parser.add_argument("--max-cloud", type=float, default=90.0,
                         help="skip S2 scenes with more cloud cover than this (percent)")
     parser.add_argument("--keep-intermediate", action="store_true",
@@ -315,12 +316,13 @@ def run(settings: PreprocessSettings) -> RunSummary:
     provenance = {**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
                   "s1_backscatter": s1_source.backscatter}
     metadata = {"run_key": settings.run_key, **provenance}
-    with gdal_env(), ThreadPoolExecutor(settings.workers) as pool:
+    with gdal_env(), ThreadPoolExecutor(settings.workers) as pool, \
+            ThreadPoolExecutor(settings.workers, thread_name_prefix="day") as day_pool:
         for tile, mask in tqdm(pending, desc="tiles", unit="tile", file=sys.stderr):
             tile_grid = tile.grid(roi_grid)
             with TileWriter(settings.tiles_dir, tile, tile_grid, mask, metadata) as writer:
                 stats = build_tile(writer, tile_grid, s2_days, s1_days, pool, s2_source.read_s2_day,
-                                   s1_source.read_s1_day)
+                                   s1_source.read_s1_day, day_pool=day_pool, days_ahead=settings.workers)
             log.info("tile %s: %d S2 dates, S1 %s", tile.name, stats.s2_dates, stats.s1_dates)
             summary.valid_counts.append(stats.valid_per_pixel)
             summary.scenes_used |= stats.scenes_used

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from rasterio.enums import Resampling
@@ -39,6 +40,8 @@ from btfm_preprocessing.reader import read_on_grid
 from btfm_preprocessing.stac import Scene
 
 log = logging.getLogger(__name__)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -142,23 +145,46 @@ class TileStats:
     scenes_used: frozenset[str] = frozenset()  # ids of the S2 and S1 scenes with data in the tile
 
 
+def ordered_map(executor: Executor | None, fn: Callable[[Item], Result], items: Sequence[Item],
+                ahead: int) -> Iterator[Result]:
+    """``map(fn, items)`` run on ``executor`` with at most ``ahead`` calls in flight, results in order.
+
+    Unlike ``Executor.map``, which submits everything at once, finished results waiting for a slow
+    earlier one are bounded by ``ahead`` (memory stays a few days' arrays). Sequential if
+    ``executor`` is None.
+    """
+    if executor is None or ahead <= 1:
+        yield from map(fn, items)
+        return
+    pending: deque[Future[Result]] = deque()
+    for item in items:
+        pending.append(executor.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 S2DayReader = Callable[[AcquisitionDay, Grid, Executor], "tuple[np.ndarray, np.ndarray] | None"]
 S1DayReader = Callable[[AcquisitionDay, Grid, Executor], "np.ndarray | None"]
 
 
 def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay],
                s1_days: dict[str, list[AcquisitionDay]], pool: Executor,
-               read_s2: S2DayReader = read_s2_day, read_s1: S1DayReader = read_s1_day) -> TileStats:
+               read_s2: S2DayReader = read_s2_day, read_s1: S1DayReader = read_s1_day,
+               day_pool: Executor | None = None, days_ahead: int = 4) -> TileStats:
     """Fill an open :class:`TileWriter` with every day that has data over the tile.
 
     ``read_s2`` / ``read_s1`` give one day's mosaic on the tile grid (a source's
-    ``read_s2_day`` / ``read_s1_day``; by default plain COG reads).
+    ``read_s2_day`` / ``read_s1_day``; by default plain COG reads). With ``day_pool`` (not the
+    ``pool`` the readers use, or they could wait on themselves) up to ``days_ahead`` days are
+    read at once, and written in date order as they finish.
     """
     bands = writer.allocate_bands(len(s2_days))
     masks = writer.allocate_masks(len(s2_days))
     kept: list[AcquisitionDay] = []
-    for day in s2_days:
-        result = read_s2(day, grid, pool)
+    for day, result in zip(s2_days, ordered_map(day_pool, lambda d: read_s2(d, grid, pool), s2_days, days_ahead),
+                           strict=True):
         if result is None:
             continue
         bands[len(kept)], masks[len(kept)] = result
@@ -175,8 +201,8 @@ def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay]
         days = s1_days.get(direction, [])
         sar = writer.allocate_sar(direction, len(days))
         kept_s1: list[AcquisitionDay] = []
-        for day in days:
-            codes = read_s1(day, grid, pool)
+        for day, codes in zip(days, ordered_map(day_pool, lambda d: read_s1(d, grid, pool), days, days_ahead),
+                              strict=True):
             if codes is not None:
                 sar[len(kept_s1)] = codes
                 kept_s1.append(day)

@@ -122,3 +122,26 @@ def test_days_sorted_by_day_of_year() -> None:
                          scene(dt.date(2021, 3, 1), "mar2")])
     assert [d.doy for d in days] == [60, 336]
     assert [s.id for s in days[0].scenes] == ["mar", "mar2"]
+
+
+def test_ordered_map_keeps_order_and_bounds_work_in_flight() -> None:
+    import threading
+    import time
+
+    from btfm_preprocessing.stack import ordered_map
+
+    lock, state = threading.Lock(), {"running": 0, "peak": 0}
+
+    def slow_square(x: int) -> int:
+        with lock:
+            state["running"] += 1
+            state["peak"] = max(state["peak"], state["running"])
+        time.sleep(0.02 if x % 3 == 0 else 0.001)  # out-of-order finishes
+        with lock:
+            state["running"] -= 1
+        return x * x
+
+    with ThreadPoolExecutor(8) as executor:
+        assert list(ordered_map(executor, slow_square, range(20), ahead=3)) == [x * x for x in range(20)]
+    assert 1 < state["peak"] <= 3
+    assert list(ordered_map(None, slow_square, range(5), ahead=3)) == [0, 1, 4, 9, 16]

@@ -1,0 +1,545 @@
+"""``--source sentinelhub``: Sentinel-2 L2A from a Sentinel Hub deployment (Process and Catalog APIs).
+
+Two deployments serve the same APIs; pick one with ``--catalog`` (a base URL, or the shortcuts
+``sentinelhub`` / ``cdse``) or the environment variable ``SH_BASE_URL``:
+
+- Sentinel Hub (``https://services.sentinel-hub.com``, the default; a paid or trial account), and
+- the Copernicus Data Space Ecosystem (``https://sh.dataspace.copernicus.eu``; free monthly quota).
+
+Both take an OAuth client id and secret from ``SH_CLIENT_ID`` / ``SH_CLIENT_SECRET``; the token
+endpoint follows from the base URL (``SH_TOKEN_URL`` overrides it). Secrets are only handed to the
+``sentinelhub`` client library; they never reach logs, messages or the run metadata.
+
+Search is one paged Catalog API query (STAC-like, ``eo:cloud_cover`` filter). Reading is one
+Process API request per (acquisition day, tile grid): the evalscript returns the ten contract
+bands plus SCL as UINT16 on exactly the tile grid (bbox in the tile's CRS, width/height = tile
+size), in a multi-part tar (``default.tif`` + ``userdata.json``). The pixels are then masked
+with :func:`~btfm_preprocessing.encoding.scl_valid_mask` like every other source.
+
+Harmonisation: the request asks for ``units: "DN"`` with ``harmonizeValues: true`` (Sentinel
+Hub's default, set explicitly here). Sentinel Hub then returns DN = 10000 x reflectance on the
+pre-2022 scale for every processing baseline -- it removes the +1000 offset of baseline >= 04.00
+and clamps negative values to 0 -- which is exactly the tile contract's encoding. Scenes are
+therefore recorded with ``boa_offset_removed=True`` and
+:func:`~btfm_preprocessing.encoding.harmonise_reflectance` leaves the values unchanged.
+
+Resampling: 20 m bands are upsampled bilinearly and SCL with nearest neighbour, as the tile
+contract requires; since Sentinel Hub applies one resampling per input, the request reads the
+collection twice (data fusion: ids ``s2`` and ``scl`` with the same filters).
+
+Mosaicking: ``SIMPLE`` with ``leastCC`` order over one UTC day, i.e. the granule with the least
+cloud cover wins where granules of one day overlap (the STAC sources prefer valid pixels per
+pixel instead; granules of one datatake hold the same pixels, so this rarely differs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+from pystac.utils import str_to_datetime
+from rasterio.crs import CRS as RioCRS
+from rasterio.io import MemoryFile
+
+from btfm_core.errors import CredentialsError, SourceError
+from btfm_core.grid import Grid
+from btfm_core.tiles import S2_BANDS
+from btfm_preprocessing.credentials import Secret, env_secret
+from btfm_preprocessing.download import count_received
+from btfm_preprocessing.encoding import harmonise_reflectance, has_boa_offset, scl_valid_mask
+from btfm_preprocessing.period import Period
+from btfm_preprocessing.sources import RECORDED_PROPERTIES, SourceOptions
+from btfm_preprocessing.stac import Scene
+from btfm_preprocessing.stack import AcquisitionDay
+
+if TYPE_CHECKING:
+    from sentinelhub import SentinelHubDownloadClient, SentinelHubSession, SHConfig
+
+log = logging.getLogger(__name__)
+
+#: Environment variables read by this source.
+CLIENT_ID_ENV = "SH_CLIENT_ID"
+CLIENT_SECRET_ENV = "SH_CLIENT_SECRET"
+BASE_URL_ENV = "SH_BASE_URL"
+TOKEN_URL_ENV = "SH_TOKEN_URL"
+
+SENTINEL_HUB_URL = "https://services.sentinel-hub.com"
+SENTINEL_HUB_TOKEN_URL = "https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token"
+CDSE_URL = "https://sh.dataspace.copernicus.eu"
+CDSE_TOKEN_URL = "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
+#: ``--catalog`` shortcuts -> (base URL, token URL, deployment name).
+ENDPOINT_SHORTCUTS: Mapping[str, tuple[str, str, str]] = {
+    "sentinelhub": (SENTINEL_HUB_URL, SENTINEL_HUB_TOKEN_URL, "Sentinel Hub"),
+    "cdse": (CDSE_URL, CDSE_TOKEN_URL, "Copernicus Data Space Ecosystem"),
+}
+
+#: The only Sentinel-2 L2A collection id of both deployments (Catalog and Process API).
+COLLECTION = "sentinel-2-l2a"
+#: Largest width/height in pixels of one Process API request.
+MAX_REQUEST_PIXELS = 2500
+#: Catalog API page size (the library follows the ``next`` tokens).
+CATALOG_PAGE_SIZE = 100
+#: Process API output order: the tile contract's bands, then SCL.
+OUTPUT_BANDS: tuple[str, ...] = (*S2_BANDS, "SCL")
+#: ``norm_factor`` the evalscript reports for DN units: DN = reflectance / norm_factor.
+DN_NORM_FACTOR = 1e-4
+#: Product ids carry the processing baseline: ``..._N0400_...`` -> ``04.00``.
+_BASELINE_IN_ID = re.compile(r"_N(\d{2})(\d{2})_")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to insist on a busy or failing service (passed to the ``sentinelhub`` client).
+
+    Attributes:
+        attempts: tries of one request on 5xx answers and connection errors.
+        sleep_s: wait before the second try; each further wait is 3x longer (the library's back-off).
+        rate_limit_tries: requests answered 429 (rate limit) before giving up.
+        rate_limit_wait_s: wait after a 429 that carries no ``Retry-After`` header.
+        timeout_s: timeout of one HTTP request.
+    """
+
+    attempts: int = 5
+    sleep_s: float = 5.0
+    rate_limit_tries: int = 20
+    rate_limit_wait_s: float = 30.0
+    timeout_s: float = 300.0
+
+
+#: Retry settings of every request (tests replace it with a faster one).
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A Sentinel Hub deployment.
+
+    Attributes:
+        name: human-readable deployment name (for messages and the run metadata).
+        base_url: service root; the APIs live under ``/api/v1/``.
+        token_url: OAuth client-credentials token endpoint.
+    """
+
+    name: str
+    base_url: str
+    token_url: str
+
+
+def resolve_endpoint(catalog: str | None, environ: Mapping[str, str]) -> Endpoint:
+    """The deployment named by ``--catalog`` (URL or shortcut), else ``SH_BASE_URL``, else Sentinel Hub.
+
+    The token URL is the deployment's own (``services.sentinel-hub.com`` and its regional
+    ``*.sentinel-hub.com`` deployments authenticate at the main one; CDSE at
+    ``identity.dataspace.copernicus.eu``); for any other base URL it is assumed to be at the same
+    path as Sentinel Hub's on that host. ``SH_TOKEN_URL`` overrides it.
+
+    Raises:
+        SourceError: if the base URL is not an http(s) URL.
+    """
+    given = (catalog or environ.get(BASE_URL_ENV, "")).strip()
+    if not given or given.lower() in ENDPOINT_SHORTCUTS:
+        base, token, name = ENDPOINT_SHORTCUTS[given.lower() or "sentinelhub"]
+    else:
+        base = given.rstrip("/")
+        parsed = urlparse(base)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise SourceError(f"--source sentinelhub: '{given}' is not a Sentinel Hub base URL; pass --catalog "
+                              f"(or {BASE_URL_ENV}) as https://... or one of {', '.join(ENDPOINT_SHORTCUTS)}")
+        host = parsed.netloc.lower()
+        if host == urlparse(CDSE_URL).netloc:
+            token, name = CDSE_TOKEN_URL, ENDPOINT_SHORTCUTS["cdse"][2]
+        elif host.endswith("sentinel-hub.com"):
+            token, name = SENTINEL_HUB_TOKEN_URL, f"Sentinel Hub ({host})"
+        else:
+            token, name = f"{base}/auth/realms/main/protocol/openid-connect/token", f"Sentinel Hub API at {host}"
+    token = environ.get(TOKEN_URL_ENV, "").strip() or token
+    return Endpoint(name=name, base_url=base, token_url=token)
+
+
+def evalscript() -> str:
+    """The Process API evalscript: contract bands (bilinear) + SCL (nearest) as UINT16 DN.
+
+    Data fusion of one collection read twice (``s2`` with bilinear upsampling, ``scl`` with
+    nearest neighbour); ``userdata.json`` reports the DN normalisation factor.
+    """
+    bands = ", ".join(f'"{band}"' for band in S2_BANDS)
+    values = ", ".join(f"s2.{band}" for band in S2_BANDS)
+    return f"""//VERSION=3
+function setup() {{
+  return {{
+    input: [
+      {{datasource: "s2", bands: [{bands}], units: "DN"}},
+      {{datasource: "scl", bands: ["SCL"], units: "DN"}}
+    ],
+    output: {{id: "default", bands: {len(OUTPUT_BANDS)}, sampleType: "UINT16"}},
+    mosaicking: "SIMPLE"
+  }};
+}}
+function evaluatePixel(samples) {{
+  var s2 = samples.s2[0], scl = samples.scl[0];
+  return [{values}, scl.SCL];
+}}
+function updateOutputMetadata(scenes, inputMetadata, outputMetadata) {{
+  outputMetadata.userData = {{norm_factor: inputMetadata ? inputMetadata.normalizationFactor : null}};
+}}
+"""
+
+
+def process_payload(day: dt.date, grid: Grid, epsg: int) -> dict[str, Any]:
+    """Process API request body for one UTC day on ``grid`` (bbox in EPSG ``epsg``, size = grid size)."""
+    time_range = {"from": f"{day.isoformat()}T00:00:00Z", "to": f"{day.isoformat()}T23:59:59Z"}
+    data_filter = {"timeRange": time_range, "mosaickingOrder": "leastCC"}
+    return {
+        "input": {
+            "bounds": {"bbox": list(grid.bounds),
+                       "properties": {"crs": f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"}},
+            "data": [
+                {"type": COLLECTION, "id": "s2", "dataFilter": data_filter,
+                 "processing": {"harmonizeValues": True, "upsampling": "BILINEAR", "downsampling": "BILINEAR"}},
+                {"type": COLLECTION, "id": "scl", "dataFilter": data_filter,
+                 "processing": {"upsampling": "NEAREST", "downsampling": "NEAREST"}},
+            ],
+        },
+        "output": {
+            "width": grid.width,
+            "height": grid.height,
+            "responses": [{"identifier": "default", "format": {"type": "image/tiff"}},
+                          {"identifier": "userdata", "format": {"type": "application/json"}}],
+        },
+        "evalscript": evalscript(),
+    }
+
+
+def grid_epsg(grid: Grid) -> int:
+    """EPSG code of the grid's CRS (Sentinel Hub takes CRSs as EPSG URNs).
+
+    Raises:
+        SourceError: if the CRS has no EPSG code.
+    """
+    epsg = RioCRS.from_user_input(grid.crs).to_epsg()
+    if epsg is None:
+        raise SourceError("--source sentinelhub needs an ROI in a CRS with an EPSG code (e.g. UTM, EPSG:326xx); "
+                          "reproject the ROI")
+    return int(epsg)
+
+
+def check_request_size(grid: Grid) -> None:
+    """Raise :class:`SourceError` if ``grid`` is larger than one Process API request may be."""
+    if grid.width > MAX_REQUEST_PIXELS or grid.height > MAX_REQUEST_PIXELS:
+        raise SourceError(f"a {grid.width}x{grid.height} px tile is larger than one Sentinel Hub Process API "
+                          f"request ({MAX_REQUEST_PIXELS}x{MAX_REQUEST_PIXELS} px); use --tile-size "
+                          f"{MAX_REQUEST_PIXELS} or less")
+
+
+def parse_process_response(content: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Split a multi-part Process API answer (a tar) into ``default.tif`` bytes and ``userdata.json``.
+
+    Raises:
+        SourceError: if the answer is not a tar holding ``default.tif``.
+    """
+    try:
+        with tarfile.open(fileobj=io.BytesIO(content)) as tar:
+            members = {member.name: tar.extractfile(member) for member in tar.getmembers() if member.isfile()}
+            files = {name: handle.read() for name, handle in members.items() if handle is not None}
+    except tarfile.TarError as exc:
+        raise SourceError(f"the Process API answer is not a tar archive ({exc}); expected default.tif + "
+                          "userdata.json") from None
+    if "default.tif" not in files:
+        raise SourceError(f"the Process API answer lacks default.tif; it holds {sorted(files)}")
+    try:
+        userdata = json.loads(files["userdata.json"]) if "userdata.json" in files else {}
+    except ValueError:
+        raise SourceError("the Process API answer's userdata.json is not JSON") from None
+    return files["default.tif"], userdata if isinstance(userdata, dict) else {}
+
+
+def decode_tile(tiff: bytes, userdata: Mapping[str, Any], grid: Grid) -> np.ndarray:
+    """The (H, W, 11) uint16 image of a Process API ``default.tif``, checked against ``grid``.
+
+    Raises:
+        SourceError: if the image has the wrong band count, size, data type, georeferencing or
+            DN scale (``norm_factor``).
+    """
+    norm = userdata.get("norm_factor")
+    if norm is not None and not np.isclose(float(norm), DN_NORM_FACTOR):
+        raise SourceError(f"Sentinel Hub returned DN with norm_factor {norm}, expected {DN_NORM_FACTOR} "
+                          "(reflectance x 10000)")
+    with MemoryFile(tiff) as memfile, memfile.open() as src:
+        if src.count != len(OUTPUT_BANDS) or (src.height, src.width) != grid.shape or src.dtypes[0] != "uint16":
+            raise SourceError(f"Sentinel Hub returned a {src.width}x{src.height} px {src.dtypes[0]} image of "
+                              f"{src.count} bands; expected {grid.width}x{grid.height} px uint16 with "
+                              f"{len(OUTPUT_BANDS)} bands ({', '.join(OUTPUT_BANDS)})")
+        if src.crs is not None and not src.transform.is_identity:
+            same_crs = src.crs.to_epsg() == grid_epsg(grid)
+            tolerance = 1e-3 * min(grid.resolution)
+            if not same_crs or not src.transform.almost_equals(grid.transform, precision=tolerance):
+                raise SourceError(f"Sentinel Hub returned an image on another grid ({src.crs}, "
+                                  f"{tuple(src.transform)[:6]}) than requested ({tuple(grid.transform)[:6]})")
+        data = src.read()
+    return np.moveaxis(data, 0, -1)
+
+
+def mask_and_harmonise(image: np.ndarray, scenes: Iterable[Scene],
+                       day: dt.date) -> tuple[np.ndarray, np.ndarray] | None:
+    """Split an (H, W, 11) Process API image into contract bands and the validity mask.
+
+    The same rules as :func:`~btfm_preprocessing.stack.read_s2_day`: SCL 0 is "not covered",
+    :func:`scl_valid_mask` marks valid pixels, all-zero bands are invalid, and the +1000 offset is
+    removed where the scenes still carry it (never, with ``harmonizeValues``).
+
+    Returns:
+        ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no pixel is covered.
+    """
+    scl = image[..., len(S2_BANDS)]
+    covered = scl != 0
+    if not covered.any():
+        return None
+    scenes = list(scenes)
+    baseline = max((s.processing_baseline for s in scenes if s.processing_baseline), default=None)
+    removed = all(s.boa_offset_removed is True for s in scenes) if scenes else None
+    bands = harmonise_reflectance(np.ascontiguousarray(image[..., : len(S2_BANDS)]),
+                                  has_boa_offset(day, baseline, removed))
+    bands[~covered] = 0
+    valid = scl_valid_mask(scl).astype(bool) & bands.any(axis=-1) & covered
+    return bands, valid.astype(np.uint8)
+
+
+def baseline_of(feature_id: str, properties: Mapping[str, Any]) -> str | None:
+    """Processing baseline of a catalog feature: ``s2:processing_baseline``, else from the product id."""
+    value = properties.get("s2:processing_baseline")
+    if value:
+        return str(value)
+    match = _BASELINE_IN_ID.search(feature_id)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def feature_to_scene(feature: Mapping[str, Any]) -> Scene:
+    """A Catalog API feature as a :class:`Scene` (no assets: pixels come from the Process API).
+
+    Raises:
+        SourceError: if the feature has no id or no parsable ``properties.datetime``.
+    """
+    feature_id = feature.get("id")
+    properties = feature.get("properties")
+    if not isinstance(feature_id, str) or not feature_id or not isinstance(properties, Mapping):
+        raise SourceError(f"catalog feature without id or properties: {str(feature)[:120]}")
+    when = properties.get("datetime")
+    try:
+        acquired = str_to_datetime(str(when))
+    except (ValueError, OverflowError):
+        raise SourceError(f"catalog feature {feature_id} has no valid datetime ({when!r})") from None
+    if acquired.tzinfo is None:
+        acquired = acquired.replace(tzinfo=dt.timezone.utc)
+    cloud = properties.get("eo:cloud_cover")
+    return Scene(
+        id=feature_id,
+        collection=COLLECTION,
+        acquired=acquired.astimezone(dt.timezone.utc),
+        assets={},
+        cloud_cover=float(cloud) if isinstance(cloud, (int, float)) else None,
+        processing_baseline=baseline_of(feature_id, properties),
+        boa_offset_removed=True,  # harmonizeValues=true: Sentinel Hub removes the offset
+        properties={key: properties[key] for key in RECORDED_PROPERTIES if key in properties},
+    )
+
+
+def _quiet_oauth_logging() -> None:
+    # requests-oauthlib logs the token request body (client secret) and the token at DEBUG, and
+    # the run's log file records DEBUG: keep those loggers at WARNING.
+    for name in ("requests_oauthlib", "oauthlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass
+class SentinelHubSource:
+    """Sentinel-2 L2A from a Sentinel Hub deployment (:class:`~btfm_preprocessing.sources.S2Source`).
+
+    Attributes:
+        endpoint: the deployment.
+        client_id: OAuth client id (``SH_CLIENT_ID``).
+        client_secret: OAuth client secret (``SH_CLIENT_SECRET``).
+        workers: most Process API requests in flight at once.
+        retry: retry and rate-limit settings.
+        name: source name given on the command line.
+    """
+
+    endpoint: Endpoint
+    client_id: Secret
+    client_secret: Secret
+    workers: int = 4
+    retry: RetryPolicy = field(default_factory=lambda: DEFAULT_RETRY)
+    name: str = "sentinelhub"
+    _session: SentinelHubSession | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _slots: threading.BoundedSemaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(max(1, self.workers))
+
+    def config(self) -> SHConfig:
+        """The client library's configuration (never read from or written to its config file)."""
+        from sentinelhub import SHConfig
+
+        return SHConfig(use_defaults=True, sh_client_id=self.client_id.reveal(),
+                        sh_client_secret=self.client_secret.reveal(), sh_base_url=self.endpoint.base_url,
+                        sh_token_url=self.endpoint.token_url, max_download_attempts=self.retry.attempts,
+                        download_sleep_time=self.retry.sleep_s, download_timeout_seconds=self.retry.timeout_s,
+                        max_retries=self.retry.rate_limit_tries)
+
+    def session(self) -> SentinelHubSession:
+        """The OAuth session (token fetched once, refreshed by the library before it expires).
+
+        Raises:
+            CredentialsError: if the token endpoint rejects the client id/secret.
+            SourceError: if the token endpoint cannot be reached.
+        """
+        with self._lock:
+            if self._session is None:
+                self._session = self._new_session()
+            return self._session
+
+    def _new_session(self) -> SentinelHubSession:
+        from oauthlib.oauth2.rfc6749.errors import InsecureTransportError, OAuth2Error
+        from sentinelhub import SentinelHubSession
+        from sentinelhub.exceptions import DownloadFailedException
+
+        _quiet_oauth_logging()
+        rejected = (f"{self.endpoint.name} rejected the OAuth client credentials ({CLIENT_ID_ENV}/"
+                    f"{CLIENT_SECRET_ENV})")
+        try:
+            return SentinelHubSession(config=self.config())
+        except InsecureTransportError:
+            raise SourceError(f"the token URL {self.endpoint.token_url} is not https; set {TOKEN_URL_ENV} or "
+                              "--catalog to an https:// deployment") from None
+        except OAuth2Error as exc:  # an error answer in OAuth form: never echo the request
+            raise CredentialsError(f"{rejected}: {exc.error}{f' ({exc.description})' if exc.description else ''}; "
+                                   "check the client id and secret (an OAuth client of this deployment: "
+                                   f"{self.endpoint.base_url})") from None
+        except DownloadFailedException as exc:
+            status = _status(exc)
+            if status in (400, 401, 403):
+                raise CredentialsError(f"{rejected} (HTTP {status}); check the client id and secret (an OAuth "
+                                       f"client of this deployment: {self.endpoint.base_url})") from None
+            raise SourceError(f"cannot get a token from {self.endpoint.token_url}: "
+                              f"{_reason(exc)}") from None
+
+    def _client(self) -> SentinelHubDownloadClient:
+        from sentinelhub import SentinelHubDownloadClient
+
+        return SentinelHubDownloadClient(config=self.config(), session=self.session(),
+                                         default_retry_time=self.retry.rate_limit_wait_s)
+
+    def search_s2(self, grid: Grid, period: Period, max_cloud: float) -> list[Scene]:
+        """S2 L2A acquisitions over ``grid`` in ``period`` with at most ``max_cloud`` % cloud, oldest first.
+
+        Features that cannot be parsed are skipped with a warning.
+        """
+        from sentinelhub import CRS, BBox, SentinelHubCatalog
+        from sentinelhub.exceptions import DownloadFailedException
+
+        catalog = SentinelHubCatalog(config=self.config())
+        catalog.client = self._client()
+        search = catalog.search(COLLECTION, bbox=BBox(grid.lonlat_bounds(), crs=CRS.WGS84),
+                                time=(f"{period.start.isoformat()}T00:00:00Z", f"{period.end.isoformat()}T23:59:59Z"),
+                                filter=f"eo:cloud_cover <= {max_cloud:g}", limit=CATALOG_PAGE_SIZE)
+        scenes: dict[str, Scene] = {}
+        try:
+            for feature in search:
+                try:
+                    scene = feature_to_scene(feature)
+                except SourceError as exc:
+                    log.warning("skipped a Sentinel Hub catalog feature: %s", exc)
+                    continue
+                scenes.setdefault(scene.id, scene)
+        except DownloadFailedException as exc:
+            raise SourceError(f"Sentinel Hub Catalog API search failed ({self.endpoint.base_url}): "
+                              f"{_reason(exc)}") from None
+        except (KeyError, TypeError) as exc:
+            raise SourceError(f"Sentinel Hub Catalog API answered an unexpected page (no {exc}); is "
+                              f"{self.endpoint.base_url} a Sentinel Hub deployment?") from None
+        log.info("Sentinel Hub catalog: %d S2 L2A acquisition(s) in %s", len(scenes), period)
+        return sorted(scenes.values(), key=lambda s: (s.acquired, s.id))
+
+    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
+        """One Process API request for ``day`` on ``grid``, masked like the STAC sources.
+
+        ``pool`` is not needed: the request is one HTTP call; at most :attr:`workers` run at once.
+
+        Returns:
+            ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no granule covers the grid.
+
+        Raises:
+            SourceError: if the tile is too large for one request, the request fails after the
+                retries, or the answer is not the requested image.
+        """
+        from sentinelhub import MimeType
+        from sentinelhub.download import DownloadRequest
+        from sentinelhub.exceptions import DownloadFailedException, OutOfRequestsException
+
+        check_request_size(grid)
+        request = DownloadRequest(
+            request_type="POST", url=f"{self.endpoint.base_url}/api/v1/process",
+            post_values=process_payload(day.day, grid, grid_epsg(grid)), data_type=MimeType.TAR,
+            headers={"content-type": MimeType.JSON.get_string(), "accept": MimeType.TAR.get_string()},
+            use_session=True)
+        with self._slots:
+            try:
+                response = self._client().download([request], max_threads=1, decode_data=False)[0]
+            except OutOfRequestsException:
+                raise SourceError(f"Sentinel Hub kept answering 429 (rate limit) for {day.day}; wait and run "
+                                  "again (finished tiles are kept), or lower --workers") from None
+            except DownloadFailedException as exc:
+                raise SourceError(f"Sentinel Hub Process API request for {day.day} failed: {_reason(exc)}") from None
+        count_received(len(response.content))
+        tiff, userdata = parse_process_response(response.content)
+        return mask_and_harmonise(decode_tile(tiff, userdata, grid), day.scenes, day.day)
+
+    def describe(self) -> dict[str, object]:
+        """Endpoint, collection and harmonisation for the run metadata (no credentials)."""
+        return {"source": self.name, "endpoint": self.endpoint.name, "root": self.endpoint.base_url,
+                "s2_collection": COLLECTION,
+                "harmonisation": "Process API units DN with harmonizeValues=true: +1000 offset of baseline "
+                                 ">= 04.00 removed and negatives clamped to 0 by Sentinel Hub",
+                "resampling": "bands bilinear, SCL nearest", "mosaicking": "SIMPLE, leastCC, one UTC day"}
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(getattr(exc, "request_exception", None), "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _reason(exc: Exception) -> str:
+    """A one-line reason from a library exception (its message names the URL and the server's answer)."""
+    text = " ".join(str(exc).split())
+    return text[:400]
+
+
+def sentinelhub_source(options: SourceOptions) -> SentinelHubSource:
+    """``--source sentinelhub``: endpoint from ``--catalog`` / ``SH_BASE_URL``, credentials from the environment.
+
+    Raises:
+        CredentialsError: if ``SH_CLIENT_ID`` or ``SH_CLIENT_SECRET`` is not set.
+        SourceError: if ``--catalog`` is not a URL or shortcut, or ``--s2-collection`` is not
+            ``sentinel-2-l2a``.
+    """
+    if options.s2_collection not in (None, COLLECTION):
+        raise SourceError(f"--source sentinelhub serves only the collection {COLLECTION}; drop --s2-collection "
+                          f"'{options.s2_collection}'")
+    endpoint = resolve_endpoint(options.catalog, os.environ)
+    purpose = f"--source sentinelhub ({endpoint.name})"
+    client_id = env_secret(CLIENT_ID_ENV, purpose)
+    client_secret = env_secret(CLIENT_SECRET_ENV, purpose)
+    return SentinelHubSource(endpoint=endpoint, client_id=client_id, client_secret=client_secret,
+                             workers=options.workers, retry=DEFAULT_RETRY)
