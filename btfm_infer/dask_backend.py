@@ -19,16 +19,17 @@ from tqdm import tqdm
 from btfm_core.errors import BTFMError
 from btfm_core.tiles import TileId
 from btfm_infer.checkpoint import load_model
+from btfm_infer.onnx_engine import with_engine
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
 
 log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_model(checkpoint: str, threads: int) -> torch.nn.Module:
-    """The model, loaded once per worker process."""
+def _worker_model(checkpoint: str, threads: int, engine: str = "torch") -> torch.nn.Module:
+    """The model, loaded once per worker process (on the CPU, with the chosen engine)."""
     torch.set_num_threads(threads)
-    return load_model(checkpoint, "cpu")
+    return with_engine(load_model(checkpoint, "cpu"), engine, threads)
 
 
 def embed_tile_task(tiles_dir: str, output_dir: str, checkpoint: str, tile_name: str,
@@ -37,7 +38,7 @@ def embed_tile_task(tiles_dir: str, output_dir: str, checkpoint: str, tile_name:
     out = representation_path(Path(output_dir), TileId.parse(tile_name))
     if out.exists():
         return 0
-    return infer_tile(_worker_model(checkpoint, threads), Path(tiles_dir) / tile_name, out, options)
+    return infer_tile(_worker_model(checkpoint, threads, options.engine), Path(tiles_dir) / tile_name, out, options)
 
 
 def run_on_dask(tiles: Sequence[TileId], tiles_dir: Path, output_dir: Path, checkpoint: Path,

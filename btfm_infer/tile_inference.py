@@ -31,6 +31,7 @@ class InferenceOptions:
     repeat: int = 1
     batch_size: int = 1024
     precision: str = "fp32"
+    engine: str = "torch"  # CPU engine of the forward: torch or onnxruntime (btfm_infer.onnx_engine)
 
     def autocast(self, device: torch.device) -> torch.autocast:
         """bf16 autocast when asked for (about 2x faster on CPUs with AVX-512 bf16 and on GPUs)."""

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId
 from btfm_infer.checkpoint import load_model
+from btfm_infer.onnx_engine import ENGINES, with_engine
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,7 @@ def run_tiles(model: torch.nn.Module, tiles_dir: Path, output_dir: Path, tiles: 
         started = time.perf_counter()
         while True:
             try:
-                count = infer_tile(model, tiles_dir / tile.name, out_path,
-                                   InferenceOptions(options.seed, options.repeat, batch, options.precision))
+                count = infer_tile(model, tiles_dir / tile.name, out_path, replace(options, batch_size=batch))
                 break
             except RuntimeError as exc:
                 if not is_out_of_memory(exc) or batch <= 1:
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--engine", choices=ENGINES, default="torch", help="forward engine on the CPU")
     parser.add_argument("--log-file", type=Path, default=None)
     add_verbosity(parser)
     return parser
@@ -90,9 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_file, args.verbosity)
     torch.set_num_threads(max(1, args.threads))
     model = load_model(args.checkpoint, args.device)
+    engine = args.engine if torch.device(args.device).type == "cpu" else "torch"
+    model = with_engine(model, engine, args.threads)
     tiles = [TileId.parse(name) for name in args.tiles]
     written, pixels = run_tiles(model, args.tiles_dir, args.output_dir, tiles,
-                                InferenceOptions(args.seed, args.repeat, args.batch_size, args.precision))
+                                InferenceOptions(args.seed, args.repeat, args.batch_size, args.precision, engine))
     print(written, pixels)
     return 0
 

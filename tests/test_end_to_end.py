@@ -118,3 +118,18 @@ def test_bf16_agrees_with_fp32(demo_run: Path, tmp_path: Path) -> None:
     cos = (fast[inside] * exact[inside]).sum(1) / (
         np.linalg.norm(fast[inside], axis=1) * np.linalg.norm(exact[inside], axis=1))
     assert cos.mean() > 0.99
+
+
+def test_onnxruntime_engine_gives_the_same_embeddings(demo_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out_dir = tmp_path / "onnx"
+    assert infer_all_tiles.main(["--tiles-dir", str(demo_run / "retiled_d_pixel"), "--output-dir", str(out_dir),
+                                 "--engine", "onnxruntime", "--max-cpu", "1", "--cores", "2", "-q"]) == 0
+    for torch_out in sorted((demo_run / "representation_retiled").glob("*.npy")):
+        np.testing.assert_allclose(np.load(out_dir / torch_out.name), np.load(torch_out), atol=1e-4)
+
+
+def test_onnxruntime_engine_refuses_bf16(demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert infer_all_tiles.main(["--tiles-dir", str(demo_run / "retiled_d_pixel"), "--output-dir",
+                                 str(tmp_path / "x"), "--engine", "onnxruntime", "--precision", "bf16"]) == 2
+    assert "--precision bf16 applies to the torch engine" in capsys.readouterr().err
