@@ -3,7 +3,8 @@
 (a) seed: per-pixel Python sampling loop (``rng.choice``), fp32 eager forward (no fused fast
     path), the 1.3 B-parameter projector built once per worker as the seed does;
 (b) ours: ``embed_pixels`` (vectorised sampling, ``torch.inference_mode``), fp32;
-(c) ours with bf16 autocast.
+(c) ours with bf16 autocast;
+(d) ours with the ONNX Runtime engine (fp32).
 Prints pixels/s, the ratio (b)/(a) and (c)/(a), achieved GFLOP/s, and the agreement of (a) and
 (b) on identical sampled inputs. Not a test: figures depend on the machine.
 
@@ -20,8 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from btfm_core.errors import BTFMError
 from btfm_infer.embed import embed_pixels
 from btfm_infer.model import BTFM, DEMO, OFFICIAL, ModelConfig, Projector
+from btfm_infer.onnx_engine import OnnxRuntimeBTFM
 from btfm_infer.sampling import S1_MEAN, S1_STD, S2_MEAN, S2_STD, SEQ_LEN, build_s1_input, build_s2_input
 
 N_S2, N_ASC, N_DESC = 60, 40, 30
@@ -116,6 +119,17 @@ def bench(name: str, cfg: ModelConfig, pixels: int, batch: int) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         embed_pixels(model, *args, seed=0, batch_size=batch)
     bf16_s = time.perf_counter() - started
+    onnx_s: float | None = None
+    try:
+        onnx_model = OnnxRuntimeBTFM(model)
+        started = time.perf_counter()
+        onnx_out = embed_pixels(onnx_model, *args, seed=0, batch_size=batch)
+        onnx_s = time.perf_counter() - started
+        torch_out = embed_pixels(model, *args, seed=0, batch_size=batch)
+        onnx_cos = (onnx_out * torch_out).sum(1) / (
+            np.linalg.norm(onnx_out, axis=1) * np.linalg.norm(torch_out, axis=1))
+    except BTFMError as exc:
+        print(f"  (d) skipped: {exc}")
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     build_s2_input(tile["s2_bands"], tile["s2_masks"], tile["s2_doys"], rng)
@@ -130,6 +144,9 @@ def bench(name: str, cfg: ModelConfig, pixels: int, batch: int) -> None:
           f"sampling {ours_sample_s:.3f} s)  ratio b/a {seed_s / ours_s:.1f}x")
     print(f"  (c) ours bf16: {pixels / bf16_s:9.1f} px/s  ({pixels * flops / bf16_s / 1e9:.1f} GFLOP/s)  "
           f"ratio c/a {seed_s / bf16_s:.1f}x")
+    if onnx_s is not None:
+        print(f"  (d) ours onnxruntime fp32: {pixels / onnx_s:9.1f} px/s  ({pixels * flops / onnx_s / 1e9:.1f} GFLOP/s)"
+              f"  ratio d/a {seed_s / onnx_s:.1f}x  (cosine to (b) {onnx_cos.mean():.6f})")
     print(f"  agreement (a) vs (b) on identical inputs: mean cosine {cos.mean():.6f}, min {cos.min():.6f}")
 
 
