@@ -411,3 +411,67 @@ def test_registry_builds_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert S1_SOURCES["asf"](SourceOptions(work_dir=tmp_path)).search_url == "http://127.0.0.1:9"
 
 
+
+
+def _relocated_s2_catalog(root: Path, grid: Grid, day: str) -> Path:
+    """A one-item static S2 catalog on ``grid``: the demo sample's May pixels, re-labelled to ``grid``'s place
+    and ``day`` (the pipeline needs S2 where the GRD fixture is; only the S1 side is under test here)."""
+    import pystac
+
+    item_dir = Path(__file__).resolve().parents[2] / "data" / "demo_belgium" / "sentinel-2-l2a" / "S2_DEMO_BE_20210501"
+    west, south, east, north = grid.lonlat_bounds()
+    item = pystac.Item("S2_RELOCATED", {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north],
+                       [west, north], [west, south]]]}, [west, south, east, north],
+                       dt.datetime.fromisoformat(f"{day}T10:00:00+00:00"), {"eo:cloud_cover": 0.0})
+    folder = root / "sentinel-2-l2a" / item.id  # where normalize_and_save puts the item
+    folder.mkdir(parents=True)
+    for tif in sorted(item_dir.glob("*.tif")):
+        with rasterio.open(tif) as src:
+            data, scale = src.read(1), src.transform.a
+        write_raster(folder / tif.name, data, crs=str(grid.crs), nodata=0,
+                     transform=Affine(scale, 0, grid.transform.c, 0, -scale, grid.transform.f))
+        item.add_asset(tif.stem, pystac.Asset(str(folder / tif.name)))
+    collection = pystac.Collection("sentinel-2-l2a", "relocated demo pixels", pystac.Extent(
+        pystac.SpatialExtent([[west, south, east, north]]), pystac.TemporalExtent([[item.datetime, item.datetime]])))
+    collection.add_item(item)
+    catalog = pystac.Catalog("relocated", "test catalog")
+    catalog.add_child(collection)
+    catalog.normalize_and_save(str(root), pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+def test_pipeline_with_asf_s1_end_to_end(served: Path, tmp_path: Path, earthdata: None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyproj import Transformer
+
+    from btfm_core.tiles import read_tile
+    from btfm_preprocessing import pipeline
+
+    product = _zipped_safe(tmp_path)
+    assert product is not None
+    data = product.read_bytes()
+    (served / "GRD_HD" / f"{GRD_ID}.zip").write_bytes(data)
+    lon, lat = _gcp_centre(product)
+    epsg = 32600 + int((lon + 180) // 6) + 1
+    x, y = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon, lat)
+    grid = Grid(f"EPSG:{epsg}", Affine(10, 0, round(x) - 500, 0, -10, round(y) + 500), 100, 100)
+    (tmp_path / "run").mkdir()
+    roi = write_raster(tmp_path / "run" / "roi.tiff", np.ones(grid.shape, np.uint8), crs=str(grid.crs),
+                       transform=grid.transform)
+    catalog = _relocated_s2_catalog(tmp_path / "s2", grid, "2021-11-10")
+    with fake_asf(served) as (srv, api):
+        api.pages = [[pointed_at(recorded_item("S1_response.yml"), f"{srv.url}/GRD_HD/{GRD_ID}.zip", data)]]
+        monkeypatch.setenv(asf.EARTHDATA_URL_ENV, srv.url)
+        assert pipeline.main([str(roi), "2021-11-01", "2021-11-30", "2021-11-01", "2021-11-30", "1",
+                              "--source", "local", "--catalog", str(catalog), "--s1-source", "asf",
+                              "--s1-catalog", srv.url, "--tile-size", "50", "-q"]) == 0
+    tiles = tmp_path / "run" / "retiled_d_pixel"
+    meta = json.loads((tiles / "run_metadata.json").read_text())
+    assert meta["s1_source"] == "asf" and meta["s1_backscatter"].startswith("sigma0")
+    for name in ("0_0_50_50", "50_50_100_100"):
+        tile = read_tile(tiles / name)
+        sar = np.concatenate([tile.sar_ascending, tile.sar_descending])
+        assert sar.shape[0] == 1 and (sar != 0).all()  # the one GRD, geocoded over the whole tile
+        assert tile.bands.shape[0] == 1
+    assert not list(tmp_path.rglob("*.zip.part")) and PASSWORD not in (tmp_path / "run" / "logs" /
+                                                                      "preprocess.log").read_text()
