@@ -1,234 +1,234 @@
-"""Export a stitched (H, W, 128) embedding as a GeoTIFF on the ROI grid, plus a quick-look PNG.
+"""Export a stitched (H, W, 128) embedding on the ROI grid: COG, Zarr, quick-look PNG and STAC item.
 
-The GeoTIFF has one float32 band per embedding dimension (``A00`` … ``A127``), the ROI's CRS
-and transform, and NaN (the nodata value) outside the ROI. It is written 256 x 256 pixels at a
-time from a memory-mapped ``.npy``, so memory use does not grow with the ROI.
+- GeoTIFF (default): a Cloud-Optimised GeoTIFF, one band per embedding dimension (``A00`` …
+  ``A127``), float32 with NaN outside the ROI, or ``--dtype int8`` (-128 outside) plus
+  ``<out>_scales.tif`` with one float32 scale per pixel (``embedding = value x scale``); see
+  :mod:`btfm_infer.export_cog`.
+- ``--zarr PATH``: the same embedding as a Zarr v3 store; see :mod:`btfm_infer.export_zarr`.
+- a PCA quick-look PNG (:mod:`btfm_infer.quicklook`) and a STAC item listing every output with
+  the projection and raster extensions and the run's provenance (:mod:`btfm_infer.stac_item`).
+
+Every writer streams blocks from the memory-mapped ``.npy``, so memory use does not grow with the
+ROI, and every output appears under its final name only when complete.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import datetime as dt
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import rasterio
-from rasterio.windows import Window
-from tqdm import tqdm
+import pystac
 
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
-from btfm_core.errors import BTFMError
-from btfm_core.fileio import atomic_path, ensure_writable_dir, refuse_overwrite
+from btfm_core.errors import BTFMError, InputDataError
+from btfm_core.fileio import ensure_writable_dir, refuse_overwrite
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
+from btfm_infer.export_cog import CogExport, scales_path, write_embedding_cog
+from btfm_infer.export_common import INT8_NODATA, CosineStats, band_names, quantise_int8
+from btfm_infer.export_zarr import CHUNK_SIZE, SHARD_SIZE, ZarrExport, write_embedding_zarr
 from btfm_infer.quicklook import DEFAULT_MAX_SIZE, write_quicklook_png
-from btfm_infer.stitch_tiled_representation import open_stitched, read_npy_window
+from btfm_infer.stac_item import (
+    AssetSpec,
+    Provenance,
+    build_item,
+    build_provenance,
+    checkpoint_info,
+    find_run_metadata,
+    read_run_metadata,
+    write_item,
+)
+from btfm_infer.stitch_tiled_representation import open_stitched
+
+__all__ = ["INT8_NODATA", "band_names", "main", "quantise_int8", "scales_path", "write_embedding_geotiff"]
 
 log = logging.getLogger(__name__)
-
-BLOCK_SIZE = 256
-#: GDAL block cache while writing (MB): a few block rows, not a share of the machine's RAM.
-GDAL_CACHE_MB = 256
-
-#: Creation options of the embedding GeoTIFF. Pixel interleaving keeps a pixel's whole
-#: embedding vector in one compressed block, so reading the vectors of a few pixels (the
-#: common access for embeddings) decompresses one block instead of one per band; it also lets
-#: readers fetch (rows, cols, 128) windows in one pass. Predictor 3 is the floating-point
-#: predictor (much better deflate ratios on float32). IF_SAFER switches to BigTIFF when the
-#: uncompressed size could pass 4 GB (≈ 2900 x 2900 px at 128 bands).
-GEOTIFF_PROFILE: dict[str, object] = {
-    "driver": "GTiff",
-    "dtype": "float32",
-    "tiled": True,
-    "blockxsize": BLOCK_SIZE,
-    "blockysize": BLOCK_SIZE,
-    "compress": "deflate",
-    "predictor": 3,
-    "interleave": "pixel",
-    "BIGTIFF": "IF_SAFER",
-    "NUM_THREADS": "ALL_CPUS",
-    "nodata": float("nan"),
-}
-
-
-#: int8 export (as geotessera stores embeddings): values = q * scale, one float32 scale per pixel.
-INT8_NODATA = -128
-INT8_MAX = 127
-
-
-def quantise_int8(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-pixel int8 quantisation of a (C, h, w) float block.
-
-    Returns:
-        ``(q, scale)``: (C, h, w) int8 in [-127, 127] and (h, w) float32 with
-        ``block ≈ q * scale`` (scale 0 for all-zero pixels).
-    """
-    peak = np.abs(block).max(axis=0)
-    scale = (peak / INT8_MAX).astype(np.float32)
-    safe = np.where(scale > 0, scale, 1.0)
-    q = np.clip(np.rint(block / safe), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return q, scale
-
-
-def scales_path(out_path: Path) -> Path:
-    """The per-pixel scale GeoTIFF written beside an int8 embedding GeoTIFF."""
-    return out_path.with_name(f"{out_path.stem}_scales.tif")
-
-
-def band_names(count: int) -> list[str]:
-    """Band descriptions ``A00``, ``A01``, … ``A127`` for ``count`` embedding dimensions."""
-    return [f"A{i:02d}" for i in range(count)]
-
-
-def _as_roi(roi: Roi | str | os.PathLike[str]) -> Roi:
-    return roi if isinstance(roi, Roi) else open_roi(roi)
 
 
 def write_embedding_geotiff(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
                             out_path: str | os.PathLike[str], dtype: str = "float32") -> Path:
-    """Write a stitched embedding as a float32 (or int8 + scale) GeoTIFF on the ROI grid.
+    """Write a stitched embedding as a float32 (or int8 + scale) COG on the ROI grid.
 
-    With ``dtype="int8"`` the bands hold ``q`` (nodata -128 outside the ROI) and a second,
-    one-band float32 GeoTIFF ``<out>_scales.tif`` holds the per-pixel scale, so that
-    ``embedding = q * scale``; the mean reconstruction cosine is logged.
-
-    Args:
-        npy_path: the (H, W, C) floating-point embedding (C = 128), H, W = the ROI's size.
-        roi: the ROI (or its GeoTIFF path); gives CRS, transform and the inside mask.
-        out_path: the GeoTIFF to write (replaced atomically if it exists).
+    See :func:`btfm_infer.export_cog.write_embedding_cog` (this keeps the older signature).
 
     Returns:
-        ``out_path``: C float32 bands ``A00``…, NaN (nodata) outside the ROI, values as in the
-        ``.npy`` inside it.
-
-    Raises:
-        InputDataError: if the embedding is unreadable, not floating point or not on the ROI grid.
-        InvalidROIError: if the ROI cannot be used.
+        ``out_path``.
     """
-    out_path = Path(out_path)
-    roi = _as_roi(roi)
-    height, width, channels = open_stitched(npy_path, roi).shape
-    grid = roi.grid
-    if dtype not in ("float32", "int8"):
-        raise BTFMError(f"--dtype must be float32 or int8, got {dtype}")
-    quantise = dtype == "int8"
-    profile = {**GEOTIFF_PROFILE, "width": width, "height": height, "count": channels,
-               "crs": grid.rasterio_crs, "transform": grid.transform}
-    if quantise:
-        profile.update(dtype="int8", predictor=2, nodata=INT8_NODATA)
-    scale_profile = {**GEOTIFF_PROFILE, "width": width, "height": height, "count": 1,
-                     "crs": grid.rasterio_crs, "transform": grid.transform, "interleave": "band"}
-    cosines: list[np.ndarray] = []
-    with contextlib.ExitStack() as stack:  # closed in reverse: rasters first, then the renames
-        tmp = stack.enter_context(atomic_path(out_path))
-        tmp_scales = stack.enter_context(atomic_path(scales_path(out_path))) if quantise else None
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
-        dst = stack.enter_context(rasterio.open(tmp, "w", **profile))
-        scales = stack.enter_context(rasterio.open(tmp_scales, "w", **scale_profile)) if tmp_scales else None
-        for band, name in enumerate(band_names(channels), start=1):
-            dst.set_band_description(band, name)
-        for row0 in tqdm(range(0, height, BLOCK_SIZE), desc="GeoTIFF", unit="block row",
-                         file=sys.stderr, disable=None):
-            row1 = min(height, row0 + BLOCK_SIZE)
-            outside = roi.read_mask(grid.window(0, row0, width, row1)) == 0
-            for col0 in range(0, width, BLOCK_SIZE):
-                col1 = min(width, col0 + BLOCK_SIZE)
-                target = Window(col0, row0, col1 - col0, row1 - row0)
-                window = read_npy_window(npy_path, np.s_[row0:row1, col0:col1])  # (h, w, C)
-                block = np.array(np.moveaxis(window, -1, 0), dtype=np.float32, order="C")
-                out_block = outside[:, col0:col1]
-                if scales is None:
-                    block[:, out_block] = np.nan
-                    dst.write(block, window=target)
-                    continue
-                q, scale = quantise_int8(block)
-                inside = ~out_block & (scale > 0)
-                restored = q[:, inside].astype(np.float32) * scale[inside]
-                original = block[:, inside]
-                cosines.append((restored * original).sum(0) / (np.linalg.norm(restored, axis=0)
-                                                                * np.linalg.norm(original, axis=0)))
-                q[:, out_block] = INT8_NODATA
-                scale[out_block] = np.nan
-                dst.write(q, window=target)
-                scales.write(scale[None], window=target)
-        if scales is not None:
-            scales.set_band_description(1, "scale (embedding = value x scale)")
-    if not quantise:
-        log.info("wrote %s: %d x %d px, %d float32 bands", out_path, width, height, channels)
-        return out_path
-    cos = np.concatenate(cosines) if cosines else np.ones(0)
-    log.info("wrote %s (int8, %d bands) and %s; reconstruction cosine mean %.6f, min %.6f", out_path, channels,
-             scales_path(out_path).name, cos.mean() if cos.size else 1.0, cos.min() if cos.size else 1.0)
-    return out_path
+    return write_embedding_cog(npy_path, roi, out_path, dtype).path
+
+
+def _embedding_properties(channels: int, dtype: str, cosine: CosineStats | None) -> dict[str, object]:
+    info: dict[str, object] = {"dim": channels, "dtype": dtype, "band_names": f"{band_names(channels)[0]}.."
+                               f"{band_names(channels)[-1]}"}
+    if dtype == "int8":
+        info["quantisation"] = "per-pixel symmetric int8: embedding = value x scale, scale = max|v| / 127"
+        info["nodata"] = INT8_NODATA
+        if cosine is not None:
+            info["int8_cosine"] = cosine.as_dict()
+    return {"btfm:embedding": info}
+
+
+def _assets(cog: CogExport | None, zarr_out: ZarrExport | None, png: Path | None,
+            channels: int) -> list[AssetSpec]:
+    assets: list[AssetSpec] = []
+    if cog is not None:
+        nodata: float | int | str = INT8_NODATA if cog.dtype == "int8" else "nan"
+        assets.append(AssetSpec("embedding", cog.path, pystac.MediaType.COG, ["data"],
+                                f"BTFM embedding, {channels} bands {cog.dtype}", (cog.dtype, nodata, channels),
+                                {"btfm:scale_asset": "scales"} if cog.scales else {}))
+        if cog.scales is not None:
+            assets.append(AssetSpec("scales", cog.scales, pystac.MediaType.COG, ["data"],
+                                    "per-pixel scale of the int8 embedding (embedding = value x scale)",
+                                    ("float32", "nan", 1)))
+    if zarr_out is not None:
+        arrays = ["embedding", "scales"] if zarr_out.dtype == "int8" else ["embedding"]
+        assets.append(AssetSpec("zarr", zarr_out.path, pystac.MediaType.ZARR, ["data"],
+                                f"BTFM embedding, Zarr v3 (y, x, band) {zarr_out.dtype}", None,
+                                {"btfm:arrays": arrays, "btfm:chunks": [CHUNK_SIZE, CHUNK_SIZE, channels],
+                                 "btfm:shards": [SHARD_SIZE, SHARD_SIZE, channels]}))
+    if png is not None:
+        assets.append(AssetSpec("quicklook", png, pystac.MediaType.PNG, ["overview"],
+                                "quick-look: first three principal components as RGB"))
+    return assets
+
+
+def _provenance(args: argparse.Namespace, npy: Path) -> Provenance:
+    meta_path: Path | None = None
+    if args.run_metadata is not None:
+        meta_path = args.run_metadata.expanduser()
+        if not meta_path.is_file():
+            raise InputDataError(f"run metadata {meta_path} does not exist; check --run-metadata")
+    elif not args.no_run_metadata:
+        meta_path = find_run_metadata(npy)
+    meta = read_run_metadata(meta_path) if meta_path else None
+    if meta_path:
+        log.info("provenance from %s", meta_path)
+    model = checkpoint_info(args.checkpoint.expanduser()) if args.checkpoint else None
+    return build_provenance(meta, model)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command line of the export step."""
     parser = argparse.ArgumentParser(
         prog="convert_npy2tiff.py",
-        description="Write a stitched (H, W, 128) embedding .npy as a 128-band float32 GeoTIFF on "
-                    "the ROI grid (NaN outside the ROI), plus an RGB quick-look PNG of its first "
-                    "three principal components.",
+        description="Export a stitched (H, W, 128) embedding .npy on the ROI grid: a 128-band Cloud-Optimised "
+                    "GeoTIFF (float32, NaN outside the ROI; or int8 + per-pixel scale), optionally a Zarr v3 "
+                    "store, an RGB quick-look PNG of its first three principal components, and a STAC item "
+                    "listing them with the run's provenance (sources, period, checkpoint).",
         formatter_class=HelpFormatter,
         epilog="examples:\n"
                "  python btfm_infer/convert_npy2tiff.py --npy my_data/stitched_representation.npy \\\n"
                "      --ref-tiff my_data/roi.tiff --out my_data/stitched_representation.tif\n"
                "  python btfm_infer/convert_npy2tiff.py --npy emb.npy --ref-tiff roi.tiff --out emb.tif \\\n"
-               "      --png preview.png --max-size 1024 --overwrite\n"
-               "  python btfm_infer/convert_npy2tiff.py --npy emb.npy --ref-tiff roi.tiff --no-png\n",
+               "      --dtype int8 --zarr emb.zarr --checkpoint checkpoints/btfm_demo.pt --overwrite\n"
+               "  python btfm_infer/convert_npy2tiff.py --npy emb.npy --ref-tiff roi.tiff --no-tiff \\\n"
+               "      --zarr emb.zarr --no-png --no-stac\n",
     )
     parser.add_argument("--npy", type=Path, required=True, help="the stitched (H, W, 128) embedding")
     parser.add_argument("--ref-tiff", "--roi", dest="ref_tiff", type=Path, required=True,
                         help="the ROI GeoTIFF (grid, CRS and inside mask)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="GeoTIFF to write (default: --npy with a .tif suffix)")
-    png = parser.add_mutually_exclusive_group()
+    out = parser.add_argument_group("outputs")
+    tiff = out.add_mutually_exclusive_group()
+    tiff.add_argument("--out", type=Path, default=None,
+                      help="Cloud-Optimised GeoTIFF to write (default: --npy with a .tif suffix)")
+    tiff.add_argument("--no-tiff", action="store_true", help="write no GeoTIFF (needs --zarr)")
+    out.add_argument("--zarr", type=Path, default=None,
+                     help="also write a Zarr v3 store (a folder, e.g. emb.zarr): array 'embedding' (y, x, band) "
+                          "in 32 x 32 px chunks of all bands, sharded 256 x 256 px; int8 adds 'scales'")
+    out.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                     help="int8: 4x smaller, quantised per pixel with a float32 scale (GeoTIFF: <out>_scales.tif, "
+                          "Zarr: array 'scales'; embedding = value x scale), as geotessera stores them; the "
+                          "reconstruction cosine is logged and recorded")
+    png = out.add_mutually_exclusive_group()
     png.add_argument("--png", type=Path, default=None,
-                     help="quick-look PNG to write (default: --out with a .png suffix)")
+                     help="quick-look PNG to write (default: the GeoTIFF or Zarr path with a .png suffix)")
     png.add_argument("--no-png", action="store_true", help="do not write a quick-look PNG")
-    parser.add_argument("--dtype", choices=["float32", "int8"], default="float32",
-                        help="int8: 4x smaller, quantised per pixel with a float32 scale written to "
-                             "<out>_scales.tif (embedding = value x scale), as geotessera stores them")
+    stac = out.add_mutually_exclusive_group()
+    stac.add_argument("--stac", type=Path, default=None,
+                      help="STAC item to write (default: the GeoTIFF or Zarr path with a .stac.json suffix)")
+    stac.add_argument("--no-stac", action="store_true", help="do not write a STAC item")
+    prov = parser.add_argument_group("provenance (GeoTIFF tags, Zarr attributes, STAC properties)")
+    prov.add_argument("--checkpoint", type=Path, default=None,
+                      help="the checkpoint the embedding was made with: its name, sha256 and dimensions are "
+                           "recorded (loads it)")
+    meta = prov.add_mutually_exclusive_group()
+    meta.add_argument("--run-metadata", type=Path, default=None,
+                      help="preprocessing run_metadata.json (sources, collections, backscatter kind, periods); "
+                           "default: retiled_d_pixel/run_metadata.json beside --npy, when it exists")
+    meta.add_argument("--no-run-metadata", action="store_true", help="record no run metadata")
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
                         help="longest side of the quick-look in pixels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the quick-look's PCA pixel sample")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--log-file", type=Path, default=None,
-                        help="log file (default: logs/npy2tiff.log beside --out)")
+                        help="log file (default: logs/npy2tiff.log beside the first output)")
     add_verbosity(parser)
     return parser
 
 
+def _resolve(path: Path | None) -> Path | None:
+    return None if path is None else path.expanduser().resolve()
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    """Export the GeoTIFF (and PNG); print their paths. Exit 0 on success, 2 on bad input."""
+    """Export the outputs and print their paths, one a line. Exit 0 on success, 2 on bad input."""
     args = build_parser().parse_args(argv)
     setup_logging(None, args.verbosity)
     if args.max_size < 1:
         raise BTFMError(f"--max-size must be >= 1, got {args.max_size}")
+    if args.no_tiff and args.zarr is None:
+        raise BTFMError("--no-tiff leaves nothing to write; add --zarr PATH or drop --no-tiff")
     npy = args.npy.expanduser().resolve()
-    out = (args.out or npy.with_suffix(".tif")).expanduser().resolve()
-    png = None if args.no_png else (args.png or out.with_suffix(".png")).expanduser().resolve()
-    if out == npy or png in (out, npy):
-        raise BTFMError("--npy, --out and --png must be three different files")
-    for path in (out, png):
+    tif = None if args.no_tiff else _resolve(args.out) or npy.with_suffix(".tif")
+    zarr_path = _resolve(args.zarr)
+    base = tif or zarr_path
+    assert base is not None
+    png = None if args.no_png else _resolve(args.png) or base.with_suffix(".png")
+    stac = None if args.no_stac else _resolve(args.stac) or base.with_suffix(".stac.json")
+    scales = scales_path(tif) if tif is not None and args.dtype == "int8" else None
+    outputs = {"--out": tif, "<out>_scales.tif": scales, "--zarr": zarr_path, "--png": png, "--stac": stac}
+    written = [p for p in outputs.values() if p is not None]
+    if npy in written or len(set(written)) != len(written):
+        raise BTFMError("--npy, --out (and its _scales.tif), --zarr, --png and --stac must all be different paths")
+    for flag, path in outputs.items():
         if path is not None:
-            refuse_overwrite(path, args.overwrite, "--out / --png")
+            refuse_overwrite(path, args.overwrite, flag)
     roi = open_roi(args.ref_tiff.expanduser())
-    open_stitched(npy, roi)  # fail before writing anything
-    ensure_writable_dir(out.parent, "output folder (--out)")
-    if png is not None:
-        ensure_writable_dir(png.parent, "quick-look folder (--png)")
-    log_file = (args.log_file or out.parent / "logs" / "npy2tiff.log").expanduser()
+    channels = open_stitched(npy, roi).shape[2]  # fail before writing anything
+    for path in written:
+        ensure_writable_dir(path.parent, f"output folder of {path.name}")
+    log_file = (args.log_file or base.parent / "logs" / "npy2tiff.log").expanduser()
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
-    print(write_embedding_geotiff(npy, roi, out, args.dtype))
+    provenance = _provenance(args, npy)
+
+    cog = zarr_out = None
+    if tif is not None:
+        cog = write_embedding_cog(npy, roi, tif, args.dtype, tags=provenance.tags())
+        print(cog.path)
+        if cog.scales is not None:
+            print(cog.scales)
+    if zarr_path is not None:
+        zarr_out = write_embedding_zarr(npy, roi, zarr_path, args.dtype, attributes=provenance.attributes())
+        print(zarr_out.path)
     if png is not None:
         print(write_quicklook_png(npy, roi, png, max_size=args.max_size, seed=args.seed))
+    if stac is not None:
+        cosine = (cog.cosine if cog else None) or (zarr_out.cosine if zarr_out else None)
+        fallback = None
+        if provenance.start is None:
+            fallback = dt.datetime.fromtimestamp(npy.stat().st_mtime, dt.timezone.utc).replace(microsecond=0)
+            log.warning("no run metadata with the observation period: the STAC item's datetime is the time %s "
+                        "was written; pass --run-metadata to record the period", npy.name)
+        item = build_item(base.stem, roi.grid, provenance, _assets(cog, zarr_out, png, channels), stac,
+                          _embedding_properties(channels, args.dtype, cosine), fallback_datetime=fallback)
+        print(write_item(item, stac))
     return 0
 
 

@@ -114,14 +114,16 @@ def test_cli_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     roi_path, npy, _, _ = make_inputs(tmp_path)
     assert convert.main(["--npy", str(npy), "--ref-tiff", str(roi_path), "-q"]) == 0
     tif, png = tmp_path / "stitched_representation.tif", tmp_path / "stitched_representation.png"
-    assert capsys.readouterr().out.split() == [str(tif), str(png)]
-    assert tif.is_file() and png.is_file() and (tmp_path / "logs" / "npy2tiff.log").is_file()
+    stac = tmp_path / "stitched_representation.stac.json"
+    assert capsys.readouterr().out.split() == [str(tif), str(png), str(stac)]
+    assert tif.is_file() and png.is_file() and stac.is_file() and (tmp_path / "logs" / "npy2tiff.log").is_file()
+    assert "no run metadata with the observation period" in caplog.text
     assert convert.main(["--npy", str(npy), "--ref-tiff", str(roi_path), "-q"]) == 2
     assert "already exists; pass --overwrite" in caplog.text
-    assert convert.main(["--npy", str(npy), "--roi", str(roi_path), "-q", "--overwrite", "--no-png",
+    assert convert.main(["--npy", str(npy), "--roi", str(roi_path), "-q", "--overwrite", "--no-png", "--no-stac",
                          "--out", str(tmp_path / "b.tif")]) == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "b.tif")]
-    assert not (tmp_path / "b.png").exists()
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "b.stac.json").exists()
 
 
 def test_png_alpha_and_colours(tmp_path: Path) -> None:
@@ -195,6 +197,8 @@ def test_runs_as_a_script(tmp_path: Path) -> None:
     help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
                                check=True).stdout
     assert "--ref-tiff" in help_text and "--no-png" in help_text and "examples:" in help_text
+    for flag in ("--zarr", "--stac", "--checkpoint", "--run-metadata", "--no-tiff", "--dtype"):
+        assert flag in help_text
 
 
 def test_int8_export_with_scales(tmp_path):

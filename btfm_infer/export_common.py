@@ -1,0 +1,162 @@
+"""Shared pieces of the embedding exporters: block iteration, int8 quantisation, cosine statistics.
+
+The exporters (:mod:`btfm_infer.export_cog`, :mod:`btfm_infer.export_zarr`) read the stitched
+``(H, W, C)`` embedding one block at a time from its memory map, so their memory use depends
+on the block size, never on the ROI's size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from btfm_core.roi import Roi, open_roi
+from btfm_infer.stitch_tiled_representation import read_npy_window
+
+#: int8 export (as geotessera stores embeddings): ``embedding = q * scale`` with one float32
+#: scale per pixel; ``q`` is in [-127, 127] and -128 marks pixels outside the ROI.
+INT8_NODATA = -128
+INT8_MAX = 127
+DTYPES = ("float32", "int8")
+
+
+def band_names(count: int) -> list[str]:
+    """Band names ``A00``, ``A01``, … ``A127`` of ``count`` embedding dimensions."""
+    return [f"A{i:02d}" for i in range(count)]
+
+
+def as_roi(roi: Roi | str | os.PathLike[str]) -> Roi:
+    """The ROI itself, or the ROI opened (and validated) from its GeoTIFF path."""
+    return roi if isinstance(roi, Roi) else open_roi(roi)
+
+
+def quantise_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-vector int8 quantisation along the last axis.
+
+    Args:
+        vectors: (..., C) floating-point array.
+
+    Returns:
+        ``(q, scale)``: (..., C) int8 in [-127, 127] and (...) float32 with
+        ``vectors ≈ q * scale[..., None]`` (scale 0 for all-zero vectors).
+    """
+    peak = np.abs(vectors).max(axis=-1)
+    scale = (peak / INT8_MAX).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0)[..., None]
+    q = np.clip(np.rint(vectors / safe), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale
+
+
+@dataclass
+class CosineStats:
+    """Running mean and minimum of the cosine between original and int8-restored vectors."""
+
+    count: int = 0
+    total: float = 0.0
+    minimum: float = 1.0
+
+    def update(self, original: np.ndarray, q: np.ndarray, scale: np.ndarray) -> None:
+        """Add (N, C) original vectors and their (N, C) int8 ``q`` and (N,) ``scale``; zero vectors are skipped."""
+        keep = scale > 0
+        if not keep.any():
+            return
+        orig = original[keep].astype(np.float64)
+        restored = q[keep].astype(np.float64) * scale[keep, None].astype(np.float64)
+        cos = (orig * restored).sum(-1) / (np.linalg.norm(orig, axis=-1) * np.linalg.norm(restored, axis=-1))
+        self.count += int(cos.size)
+        self.total += float(cos.sum())
+        self.minimum = min(self.minimum, float(cos.min()))
+
+    @property
+    def mean(self) -> float:
+        """Mean cosine (1.0 when no non-zero vector was seen)."""
+        return self.total / self.count if self.count else 1.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        """``{"mean", "min", "pixels"}`` rounded for reports."""
+        return {"mean": round(self.mean, 6), "min": round(self.minimum, 6), "pixels": self.count}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the stitched embedding.
+
+    Attributes:
+        row0: first row of the block in the ROI grid.
+        col0: first column.
+        values: (h, w, C) float32 embedding, as in the ``.npy`` (outside pixels untouched).
+        inside: (h, w) bool, True inside the ROI.
+    """
+
+    row0: int
+    col0: int
+    values: np.ndarray
+    inside: np.ndarray = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(h, w) of the block."""
+        return (int(self.inside.shape[0]), int(self.inside.shape[1]))
+
+
+def block_count(height: int, width: int, rows: int, cols: int, factor: int = 1) -> int:
+    """Number of blocks :func:`iter_blocks` yields."""
+    return math.ceil(math.ceil(height / factor) / rows) * math.ceil(math.ceil(width / factor) / cols)
+
+
+def overview_factors(height: int, width: int, block_size: int) -> list[int]:
+    """Overview decimation factors 2, 4, … until the overview fits in one block (GDAL's COG rule)."""
+    factors: list[int] = []
+    factor = 1
+    while math.ceil(max(height, width) / factor) > block_size:
+        factor *= 2
+        factors.append(factor)
+    return factors
+
+
+def sample_indices(size: int, factor: int) -> np.ndarray:
+    """Source index of each of the ``ceil(size / factor)`` overview pixels: the centre of its cell, clamped."""
+    return np.minimum(np.arange(math.ceil(size / factor)) * factor + factor // 2, size - 1)
+
+
+def iter_blocks(npy_path: str | os.PathLike[str], roi: Roi, rows: int, cols: int, factor: int = 1) -> Iterator[Block]:
+    """Yield the embedding in ``rows`` x ``cols`` blocks, row-major, each with its ROI mask.
+
+    With ``factor`` > 1 the blocks tile the nearest-neighbour overview of that decimation
+    factor instead (pixel ``i`` of the overview is pixel :func:`sample_indices` ``[i]``), read
+    straight from the ``.npy``; ``row0``/``col0`` are then overview pixel offsets. The ``.npy``
+    must already be checked against the ROI (``open_stitched``).
+    """
+    npy_path = Path(npy_path)
+    if factor > 1:
+        yield from _iter_sampled_blocks(npy_path, roi, rows, cols, factor)
+        return
+    height, width = roi.grid.shape
+    for row0 in range(0, height, rows):
+        row1 = min(height, row0 + rows)
+        inside_rows = roi.read_mask(roi.grid.window(0, row0, width, row1)) != 0
+        for col0 in range(0, width, cols):
+            col1 = min(width, col0 + cols)
+            values = read_npy_window(npy_path, np.s_[row0:row1, col0:col1])
+            yield Block(row0, col0, np.asarray(values, dtype=np.float32), inside_rows[:, col0:col1])
+
+
+def _iter_sampled_blocks(npy_path: Path, roi: Roi, rows: int, cols: int, factor: int) -> Iterator[Block]:
+    height, width = roi.grid.shape
+    row_index, col_index = sample_indices(height, factor), sample_indices(width, factor)
+    with rasterio.open(roi.path) as src:
+        for row0 in range(0, len(row_index), rows):
+            source_rows = row_index[row0:row0 + rows]
+            inside_rows = np.stack([src.read(1, window=Window(0, int(r), width, 1))[0, col_index] != 0
+                                    for r in source_rows])
+            for col0 in range(0, len(col_index), cols):
+                source_cols = col_index[col0:col0 + cols]
+                values = read_npy_window(npy_path, np.ix_(source_rows, source_cols))
+                yield Block(row0, col0, np.asarray(values, dtype=np.float32), inside_rows[:, col0:col0 + cols])
