@@ -31,22 +31,19 @@ import rasterio.shutil
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from btfm_core.errors import BTFMError
 from btfm_core.fileio import atomic_path, temp_sibling
 from btfm_core.grid import Grid
 from btfm_core.roi import Roi
 from btfm_infer.export_common import (
-    DTYPES,
     INT8_NODATA,
     CosineStats,
-    as_roi,
     band_names,
     block_count,
     iter_blocks,
+    open_export,
     overview_factors,
     quantise_int8,
 )
-from btfm_infer.stitch_tiled_representation import open_stitched
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +211,7 @@ def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         InputDataError: if the embedding is unreadable, not floating point or not on the ROI grid.
         InvalidROIError: if the ROI cannot be used.
     """
-    if dtype not in DTYPES:
-        raise BTFMError(f"--dtype must be float32 or int8, got {dtype}")
-    out_path = Path(out_path)
-    roi = as_roi(roi)
-    height, width, channels = open_stitched(npy_path, roi).shape
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    roi, out_path, (height, width, channels) = open_export(npy_path, roi, out_path, dtype)
     grid = roi.grid
     quantise = dtype == "int8"
     base = {**STAGING_PROFILE, "width": width, "height": height, "crs": grid.rasterio_crs,

@@ -17,8 +17,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from btfm_core.errors import BTFMError
 from btfm_core.roi import Roi, open_roi
-from btfm_infer.stitch_tiled_representation import read_npy_window
+from btfm_infer.stitch_tiled_representation import open_stitched, read_npy_window
 
 #: int8 export (as geotessera stores embeddings): ``embedding = q * scale`` with one float32
 #: scale per pixel; ``q`` is in [-127, 127] and -128 marks pixels outside the ROI.
@@ -35,6 +36,27 @@ def band_names(count: int) -> list[str]:
 def as_roi(roi: Roi | str | os.PathLike[str]) -> Roi:
     """The ROI itself, or the ROI opened (and validated) from its GeoTIFF path."""
     return roi if isinstance(roi, Roi) else open_roi(roi)
+
+
+def open_export(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str], out_path: str | os.PathLike[str],
+                dtype: str) -> tuple[Roi, Path, tuple[int, int, int]]:
+    """Check an export's inputs before writing anything; create the output's folder.
+
+    Returns:
+        The ROI, the output path and the embedding's (height, width, channels).
+
+    Raises:
+        BTFMError: if ``dtype`` is not float32 or int8.
+        InputDataError: if the embedding is unreadable, not floating point or not on the ROI grid.
+        InvalidROIError: if the ROI cannot be used.
+    """
+    if dtype not in DTYPES:
+        raise BTFMError(f"--dtype must be float32 or int8, got {dtype}")
+    roi = as_roi(roi)
+    shape = open_stitched(npy_path, roi).shape
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return roi, out_path, shape
 
 
 def quantise_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,21 +36,18 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from btfm_core.errors import BTFMError
 from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
 from btfm_core.roi import Roi
 from btfm_infer.export_common import (
-    DTYPES,
     INT8_NODATA,
     CosineStats,
-    as_roi,
     band_names,
     block_count,
     iter_blocks,
+    open_export,
     quantise_int8,
 )
-from btfm_infer.stitch_tiled_representation import open_stitched
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +126,7 @@ def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.P
         InputDataError: if the embedding is unreadable, not floating point or not on the ROI grid.
         InvalidROIError: if the ROI cannot be used.
     """
-    if dtype not in DTYPES:
-        raise BTFMError(f"--dtype must be float32 or int8, got {dtype}")
-    out_path = Path(out_path)
-    roi = as_roi(roi)
-    height, width, channels = open_stitched(npy_path, roi).shape
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    roi, out_path, (height, width, channels) = open_export(npy_path, roi, out_path, dtype)
     grid = roi.grid
     quantise = dtype == "int8"
     names = band_names(channels)
