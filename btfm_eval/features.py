@@ -1,0 +1,82 @@
+"""Feature sets of pixel time series: BTFM embeddings (trained and untrained) and raw-band baselines."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from btfm_infer.checkpoint import load_model
+from btfm_infer.model import BTFM
+from btfm_infer.sampling import S1_MEAN, S1_STD, S2_MEAN, S2_STD
+from btfm_train.data import PixelSeries
+from btfm_train.probe import embed_series
+
+log = logging.getLogger(__name__)
+
+PERCENTILES = (10, 25, 50, 75, 90)
+#: indices of B04 and B08 in the tile band order (for NDVI).
+_RED, _NIR = 0, 3
+
+
+def _masked_stats(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-band mean, std and percentiles over valid steps: (N, T, B) -> (N, B * (2 + len(PERCENTILES))).
+
+    Pixels without any valid step get zeros.
+    """
+    data = np.where(valid[..., None], values, np.nan)
+    any_valid = valid.any(axis=1)
+    data[~any_valid] = 0.0
+    with np.errstate(invalid="ignore"):
+        stats = [np.nanmean(data, axis=1), np.nanstd(data, axis=1)]
+        stats += list(np.nanpercentile(data, PERCENTILES, axis=1))
+    return np.nan_to_num(np.concatenate(stats, axis=1)).astype(np.float32)
+
+
+def raw_features(data: PixelSeries) -> np.ndarray:
+    """The raw-band baseline of a pixel set, like the seed's random-forest features.
+
+    Per date: the 10 standardised S2 bands and NDVI (0 where masked) and the standardised S1 VV/VH
+    (0 where no data); per band (S2 10 + NDVI + S1 2): mean, std and the 10/25/50/75/90th
+    percentiles over the valid dates.
+
+    Returns:
+        (N, F) float32 with F = T * 11 + T' * 2 + 13 * 7.
+    """
+    n = len(data)
+    valid = data.s2_masks.astype(bool)
+    s2 = (data.s2_bands.astype(np.float32) - S2_MEAN) / S2_STD
+    red = data.s2_bands[..., _RED].astype(np.float32)
+    nir = data.s2_bands[..., _NIR].astype(np.float32)
+    ndvi = np.where(red + nir > 0, (nir - red) / np.maximum(red + nir, 1), 0)[..., None]
+    optical = np.concatenate([s2, ndvi], axis=-1)
+    s1_valid = (data.s1 != 0).any(axis=-1)
+    s1 = np.where(data.s1 != 0, (data.s1.astype(np.float32) - S1_MEAN) / S1_STD, 0)
+    per_date = [(optical * valid[..., None]).reshape(n, -1), s1.reshape(n, -1)]
+    seasonal = [_masked_stats(optical, valid)]
+    if data.s1.shape[1]:
+        seasonal.append(_masked_stats(s1, s1_valid))
+    return np.concatenate(per_date + seasonal, axis=1).astype(np.float32)
+
+
+def untrained_like(model: BTFM, seed: int = 0) -> BTFM:
+    """A randomly initialised model of the same architecture (``torch.manual_seed(seed)``)."""
+    torch.manual_seed(seed)
+    return BTFM(model.config).eval()
+
+
+def embedding_features(data: PixelSeries, checkpoint: Path, seed: int = 0,
+                       untrained: bool = True) -> dict[str, np.ndarray]:
+    """``embeddings`` (the checkpoint) and optionally ``untrained`` (same architecture, random init).
+
+    Raises:
+        CheckpointError: the checkpoint cannot be loaded.
+    """
+    model = load_model(checkpoint)
+    out = {"embeddings": embed_series(model, data, seed=seed)}
+    log.info("embedded %d samples with %s (%s)", len(data), checkpoint, model.config)
+    if untrained:
+        out["untrained"] = embed_series(untrained_like(model, seed), data, seed=seed)
+    return out
