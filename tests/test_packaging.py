@@ -44,6 +44,7 @@ def test_no_machine_paths_or_secrets_in_tracked_files() -> None:
         if path.stat().st_size > 2_000_000:
             continue
         text = path.read_text(errors="ignore")
-        if machine_path.search(text) or secret.search(text):
+        in_tests = path.relative_to(REPO).parts[0] == "tests"  # tests hold fake secrets on purpose
+        if machine_path.search(text) or (secret.search(text) and not in_tests):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders, f"machine-specific paths or secrets in: {offenders}"

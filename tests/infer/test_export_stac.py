@@ -57,7 +57,7 @@ def test_provenance_from_run_metadata_and_checkpoint(tmp_path: Path) -> None:
     assert prov.end == dt.datetime(2021, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
     assert "roi" not in prov.sources and "run_key" not in prov.sources  # no local paths or internals
     assert prov.sources["s1_backscatter"] == "gamma0 RTC" and prov.sources["root"] == RUN_METADATA["root"]
-    local = build_provenance({**RUN_METADATA, "root": "/home/me/data/demo_belgium/catalog.json"})
+    local = build_provenance({**RUN_METADATA, "root": "/srv/eo/data/demo_belgium/catalog.json"})
     assert local.sources["root"] == "catalog.json"  # no local paths
     tags = prov.tags()
     assert tags["BTFM_CHECKPOINT_SHA256"] == model["sha256"] and tags["BTFM_PERIOD"] == "2020-12-15..2021-12-31"

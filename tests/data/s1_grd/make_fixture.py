@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _lut_values as lut
 
 HERE = Path(__file__).parent
-DEFAULT_SOURCE = Path("/work/shared/data/earth_search_cogs/S1A_IW_GRDH_1SDV_20180716T004042")
+#: the shared sample data beside the repository (../shared/data, see its README)
+DEFAULT_SOURCE = HERE.parents[3] / "shared" / "data" / "earth_search_cogs" / "S1A_IW_GRDH_1SDV_20180716T004042"
 SAFE = "S1A_IW_GRDH_1SDV_20210809T173953_20210809T174018_039156_049F13_6FF8.SAFE"
 STEM = "s1a-iw-grd-{pol}-20210809t173953-20210809t174018-039156-049f13-{num}"
 NUMBERS = {"vv": "001", "vh": "002"}
