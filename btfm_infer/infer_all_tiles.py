@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "embeddings agree with fp32 to a cosine of about 0.999")
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="forward engine of the CPU workers: onnxruntime exports the model once per "
-                             "process; same outputs to float rounding, about 2-3x faster than torch for small "
-                             "models like the demo one, slower for the official dims (use --precision bf16 "
-                             "there); GPU workers always use torch")
+                             "process; same outputs to float rounding; faster or slower than torch depending on "
+                             "the CPU (make bench measures it; --precision bf16 is usually the fast path); GPU "
+                             "workers always use torch")
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", default=None,
                          help="send tile jobs to a running Dask scheduler (tcp://HOST:PORT) instead of local "
