@@ -44,7 +44,7 @@ def summarise(run_dir: Path) -> list[str]:
                      f"{int((norms > 0).sum())}, mean norm {norms[norms > 0].mean():.3f}")
     lines.append("outputs:")
     for name in ("stitched_representation.npy", "stitched_representation.tif",
-                 "stitched_representation.png"):
+                 "stitched_representation.png", "stitched_representation.stac.json"):
         path = run_dir / name
         if path.is_file():
             lines.append(f"  {path}  ({path.stat().st_size / 1e6:.2f} MB)")
