@@ -16,6 +16,7 @@ is ``--s1-catalog`` or ``$BTFM_ASF_SEARCH_URL`` (default: NASA CMR), the Earthda
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -261,16 +262,21 @@ class AsfSource:
         """IW GRD_HD VV+VH scenes over the grid, oldest first (no login needed)."""
         return search_grd(grid, period, self.search_url)
 
-    def processed_paths(self, scene: Scene) -> dict[str, Path]:
-        """Where a scene's processed files go: ``VV``, ``VH`` GeoTIFFs and the ``done`` record."""
-        folder = self.work_dir / "processed"
+    def processed_paths(self, scene: Scene, grid: Grid) -> dict[str, Path]:
+        """Where a scene's processed files go: ``VV``, ``VH`` GeoTIFFs and the ``done`` record.
+
+        They are on ``grid``, so they live in a folder of that grid: a later run with another ROI
+        in the same data folder never picks up files geocoded for this one.
+        """
+        grid_key = hashlib.sha256(f"{grid.crs}|{tuple(grid.transform)[:6]}|{grid.shape}".encode()).hexdigest()[:12]
+        folder = self.work_dir / "processed" / grid_key
         return {"VV": folder / f"{scene.id}_VV.tif", "VH": folder / f"{scene.id}_VH.tif",
                 "done": folder / f"{scene.id}.json"}
 
-    def processed(self, scene: Scene) -> tuple[bool, Scene | None]:
-        """``(True, prepared scene)`` if processed before (``(True, None)``: it did not cover the ROI),
-        ``(False, None)`` if not processed yet."""
-        paths = self.processed_paths(scene)
+    def processed(self, scene: Scene, grid: Grid) -> tuple[bool, Scene | None]:
+        """``(True, prepared scene)`` if processed onto ``grid`` before (``(True, None)``: it did not
+        cover the ROI), ``(False, None)`` if not processed yet."""
+        paths = self.processed_paths(scene, grid)
         if not paths["done"].is_file():
             return False, None
         record = json.loads(paths["done"].read_text())
@@ -278,10 +284,10 @@ class AsfSource:
             return True, None
         if not (paths["VV"].is_file() and paths["VH"].is_file()):
             return False, None
-        return True, self._prepared(scene, record)
+        return True, self._prepared(scene, grid, record)
 
-    def _prepared(self, scene: Scene, record: Mapping[str, Any]) -> Scene:
-        paths = self.processed_paths(scene)
+    def _prepared(self, scene: Scene, grid: Grid, record: Mapping[str, Any]) -> Scene:
+        paths = self.processed_paths(scene, grid)
         return replace(scene, assets={"VV": str(paths["VV"]), "VH": str(paths["VH"])},
                        orbit_state=str(record.get("orbit_direction") or scene.orbit_state).lower(),
                        properties={**scene.properties, "btfm:backscatter": record["backscatter"],
@@ -305,10 +311,10 @@ class AsfSource:
 
     def process_scene(self, scene: Scene, grid: Grid) -> Scene | None:
         """Download, geocode onto ``grid`` and split one scene; None if it does not cover the grid."""
-        done, prepared = self.processed(scene)
+        done, prepared = self.processed(scene, grid)
         if done:
             return prepared
-        paths = self.processed_paths(scene)
+        paths = self.processed_paths(scene, grid)
         zip_path = self.download_scene(scene)
         geocode = self.geocode or _default_geocoder()
         both = paths["done"].with_name(f"{scene.id}_VVVH.tif")
@@ -325,7 +331,7 @@ class AsfSource:
         if record["coverage"] <= 0:
             log.warning("S1 scene %s does not cover the ROI: dropped", scene.id)
             return None
-        return self._prepared(scene, record)
+        return self._prepared(scene, grid, record)
 
     def prepare_s1(self, scenes: Sequence[Scene], grid: Grid) -> list[Scene]:
         """Download and geocode every scene not processed yet (``workers`` at a time); oldest first.
@@ -334,7 +340,7 @@ class AsfSource:
             CredentialsError: a download is needed and no Earthdata login is configured.
             DownloadError: a zip could not be downloaded completely.
         """
-        if not all(self.processed(scene)[0] for scene in scenes):
+        if not all(self.processed(scene, grid)[0] for scene in scenes):
             self.session()  # fail before any work if the login is missing
         prepared: list[Scene] = []
         with ThreadPoolExecutor(max(1, self.workers)) as pool:

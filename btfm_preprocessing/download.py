@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -69,6 +70,20 @@ def check_complete(path: Path, expected: Expected) -> None:
         raise DownloadError(f"{path.name}: MD5 checksum differs from the one the service announced")
 
 
+class _Retryable(Exception):
+    """A failed try worth repeating (429, 5xx, a short read)."""
+
+
+def _without_query(url: str) -> str:
+    """``url`` without its query string (signed URLs carry tokens there)."""
+    return url.split("?", 1)[0]
+
+
+def _scrub(message: str, url: str) -> str:
+    """``message`` with ``url``'s query string, and any other query string, removed."""
+    return re.sub(r"\?[^\s'\")]*", "?…", message.replace(url, _without_query(url)))
+
+
 def _sleep_for(attempt: int, base: float, response: requests.Response | None) -> float:
     retry_after = response.headers.get("Retry-After") if response is not None else None
     if retry_after and retry_after.isdigit():
@@ -110,14 +125,16 @@ def download(url: str, dest: Path, session: requests.Session, expected: Expected
         try:
             response = session.get(url, headers=headers, stream=True, timeout=timeout)
             if response.status_code in (401, 403):
-                raise CredentialsError(f"{response.status_code} from {url.split('?')[0]}: the login was "
+                raise CredentialsError(f"{response.status_code} from {_without_query(url)}: the login was "
                                        "rejected or lacks access (check the credentials named in README)")
             if response.status_code in RETRY_STATUS:
-                raise DownloadError(f"HTTP {response.status_code}")
+                raise _Retryable(f"HTTP {response.status_code}")
             if response.status_code == 416:  # nothing left to fetch: the part file is complete or bad
                 response.close()
                 break
-            response.raise_for_status()
+            if response.status_code >= 400:
+                raise DownloadError(f"HTTP {response.status_code} for {_without_query(url)}: the file is not "
+                                    "available there (check the product or search again)")
             if have and response.status_code != 206:  # server ignored Range: start over
                 have = 0
             total = int(response.headers.get("Content-Length", 0)) + have or expected.size
@@ -129,11 +146,11 @@ def download(url: str, dest: Path, session: requests.Session, expected: Expected
                     bar.update(len(chunk))
                     count_received(len(chunk))
             if expected.size is not None and part.stat().st_size < expected.size:
-                raise DownloadError(f"connection ended after {part.stat().st_size} of {expected.size} bytes")
+                raise _Retryable(f"connection ended after {part.stat().st_size} of {expected.size} bytes")
             break
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                DownloadError) as exc:
-            last_error = str(exc).split("\n")[0]
+                _Retryable) as exc:
+            last_error = _scrub(str(exc).split("\n")[0], url)
             if attempt + 1 < attempts:
                 delay = _sleep_for(attempt, backoff, response)
                 log.warning("download of %s failed (%s); retrying in %.0f s", dest.name, last_error, delay)

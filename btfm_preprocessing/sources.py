@@ -166,7 +166,7 @@ class StacSource:
 
 def local_source(options: SourceOptions, *, for_s1: bool = False) -> StacSource:
     """A static STAC catalog on disk (e.g. the embedded demo sample)."""
-    catalog = (options.s1_catalog if for_s1 else None) or options.catalog
+    catalog = options.s1_catalog if for_s1 else options.catalog
     if catalog is None:
         raise SourceError("the local source needs a static STAC catalog: pass --catalog (or --s1-catalog)")
     path = local_path(str(catalog)).expanduser().resolve()
@@ -212,10 +212,11 @@ def planetary_source(options: SourceOptions, *, for_s1: bool = False) -> StacSou
     """Microsoft Planetary Computer: S2 L2A (raw +1000 offset from 2022-01-25, removed here) and
     S1 RTC (gamma0, terrain-flattened, linear power, 10 m), both as COGs; no account needed.
 
-    ``options.catalog`` (``options.s1_catalog`` for S1) may name another API root serving the same
+    ``options.catalog`` (``options.s1_catalog`` for S1; the pipeline copies ``--catalog`` there only
+    when S1 and S2 come from the same source) may name another API root serving the same
     collections (a mirror, or a test server).
     """
-    root = ((options.s1_catalog if for_s1 else None) or options.catalog or PLANETARY_URL)
+    root = (options.s1_catalog if for_s1 else options.catalog) or PLANETARY_URL
     return StacSource(name="planetary", root=str(root),
                       s2_collection=options.s2_collection or "sentinel-2-l2a", s1_collection="sentinel-1-rtc",
                       backscatter="gamma0 RTC (terrain-flattened), linear power",

@@ -300,7 +300,12 @@ def test_prepare_geocodes_splits_deletes_the_zip_and_resumes(
         [prepared] = source.prepare_s1(scenes, GRID)
         again = source.prepare_s1(scenes, GRID)  # a resumed run: nothing downloaded or geocoded again
         served_bytes = srv.bytes_served[f"{GRD_ID}.zip"]
-    assert again == [prepared] and len(geocoder.calls) == 1 and served_bytes == len(data)
+        assert again == [prepared] and len(geocoder.calls) == 1 and served_bytes == len(data)
+        other_roi = GRID.window(0, 0, 10, 10)  # another ROI in the same data folder: geocoded afresh
+        [elsewhere] = source.prepare_s1(scenes, other_roi)
+    assert len(geocoder.calls) == 2 and elsewhere.assets["VV"] != prepared.assets["VV"]
+    with rasterio.open(elsewhere.assets["VV"]) as src:
+        assert src.shape == other_roi.shape
     assert not list((tmp_path / "work" / "downloads").glob("*.zip"))  # the zip is deleted after processing
     assert sorted(prepared.assets) == ["VH", "VV"]
     for band, value in (("VV", 0.1), ("VH", 0.01)):
@@ -308,7 +313,7 @@ def test_prepare_geocodes_splits_deletes_the_zip_and_resumes(
             assert src.count == 1 and src.shape == GRID.shape and src.crs.to_string() == GRID.crs
             pixels = src.read(1)
         assert np.isnan(pixels[0]).all() and np.allclose(pixels[1:], value)
-    assert not list((tmp_path / "work" / "processed").glob("*VVVH*"))  # the 2-band file is gone
+    assert not list((tmp_path / "work" / "processed").rglob("*VVVH*"))  # the 2-band file is gone
     assert source.backscatter == "sigma0 (test geocoder)" == source.describe()["backscatter"]
     assert prepared.orbit_state == "ascending" and prepared.properties["btfm:coverage"] == 0.8
 

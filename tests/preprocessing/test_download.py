@@ -35,17 +35,19 @@ def no_sleep(seconds: float) -> None:
     pass
 
 
-def test_download_resumes_after_a_dropped_connection(payload: tuple[Path, bytes], tmp_path: Path) -> None:
+def test_download_resumes_after_a_dropped_connection(payload: tuple[Path, bytes], tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     root, data = payload
     with LoopbackServer(root) as srv, requests.Session() as session:
         srv.cut_next["scene.tif"] = len(data) // 3
-        out = download(f"{srv.url}/scene.tif", tmp_path / "out" / "scene.tif", session, expected_of(data),
-                       sleep=no_sleep)
+        out = download(f"{srv.url}/scene.tif?sig=s1gnature-token", tmp_path / "out" / "scene.tif", session,
+                       expected_of(data), sleep=no_sleep)
         ranges = [h.get("Range") for h in srv.request_headers]
     assert out.read_bytes() == data
     resumed_at = int(ranges[-1].removeprefix("bytes=").rstrip("-"))  # the second try asked only for the rest
     assert 0 < resumed_at <= len(data) // 3
     assert not (tmp_path / "out" / f"scene.tif{PART_SUFFIX}").exists()
+    assert "retrying" in caplog.text and "s1gnature-token" not in caplog.text  # signed URLs stay out of logs
 
 
 def test_truncated_file_is_never_kept(payload: tuple[Path, bytes], tmp_path: Path) -> None:
@@ -92,3 +94,17 @@ def test_complete_file_is_not_downloaded_again(payload: tuple[Path, bytes], tmp_
     with LoopbackServer(root) as srv, requests.Session() as session:
         download(f"{srv.url}/scene.tif", dest, session, expected_of(data))
         assert srv.bytes_served["scene.tif"] == 0
+
+
+def test_missing_file_is_a_clear_error_without_retries_or_tokens(payload: tuple[Path, bytes], tmp_path: Path) -> None:
+    root, _ = payload
+    calls = []
+
+    def gone(method: str, path: str, body: bytes | None) -> object | None:
+        calls.append(path)
+        return 404
+
+    with LoopbackServer(root, api=gone) as srv, requests.Session() as session, \
+            pytest.raises(DownloadError, match="HTTP 404") as info:
+        download(f"{srv.url}/scene.tif?token=abc123secret", tmp_path / "scene.tif", session, sleep=no_sleep)
+    assert len(calls) == 1 and "abc123secret" not in str(info.value)

@@ -192,3 +192,20 @@ def test_run_summary_counts_scenes_and_network_bytes(server: LoopbackServer, tmp
     assert "Sentinel-1 scenes (none): 0 found" in lines
     resumed = pipeline.run(pipeline.settings_from_args(args))
     assert resumed.tiles_skipped == 4 and resumed.scenes_used == summary.scenes_used
+
+
+@pytest.mark.parametrize(("argv", "s1_root"), [
+    (["--source", "sentinelhub", "--catalog", "cdse"], "https://planetarycomputer.microsoft.com/api/stac/v1"),
+    (["--source", "earthsearch", "--catalog", "https://mirror.example/v1"],
+     "https://planetarycomputer.microsoft.com/api/stac/v1"),
+    (["--source", "planetary", "--catalog", "https://pc-mirror.example/v1"], "https://pc-mirror.example/v1"),
+    (["--source", "earthsearch", "--s1-catalog", "https://s1.example/v1"], "https://s1.example/v1"),
+])
+def test_s1_source_gets_its_own_root(argv: list[str], s1_root: str, tmp_path: Path) -> None:
+    from btfm_preprocessing.sources import S1_SOURCES
+
+    shutil.copy(DEMO_DIR / "roi.tiff", tmp_path / "roi.tiff")
+    settings = pipeline.settings_from_args(pipeline.build_parser().parse_args([str(tmp_path / "roi.tiff"), *DATES,
+                                                                                *argv]))
+    source = S1_SOURCES[settings.s1_source](SourceOptions(catalog=settings.catalog, s1_catalog=settings.s1_catalog))
+    assert settings.s1_source == "planetary" and source.root == s1_root  # type: ignore[attr-defined]
