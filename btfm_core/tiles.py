@@ -366,6 +366,15 @@ class TileWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
+def read_run_metadata(tiles_dir: Path) -> dict[str, Any]:
+    """The run's ``run_metadata.json``, or an empty dict if it is missing or unreadable."""
+    try:
+        data = json.loads((Path(tiles_dir) / RUN_METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_run_metadata(tiles_dir: Path, metadata: dict[str, Any]) -> Path:
     """Write the run's ``run_metadata.json`` (sources, backscatter kind, dates) atomically."""
     path = Path(tiles_dir) / RUN_METADATA_FILE

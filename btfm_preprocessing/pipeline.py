@@ -31,8 +31,10 @@ from btfm_core.roi import Roi, open_roi
 from btfm_core.tiles import (
     DEFAULT_TILE_SIZE,
     ORBIT_DIRECTIONS,
+    RUN_METADATA_FILE,
     TileId,
     TileWriter,
+    read_run_metadata,
     read_tile,
     read_tile_metadata,
     tile_layout,
@@ -306,7 +308,10 @@ def run(settings: PreprocessSettings) -> RunSummary:
             "check the dates, the ROI location or --max-cloud")
     if not s1_scenes:
         log.warning("no Sentinel-1 scene found for %s; tiles get empty S1 series", settings.s1_period)
-    if pending and s1_scenes:
+    # Everything done by an earlier run of these settings (tiles and run metadata): nothing to
+    # prepare, and the metadata it wrote (from prepared scenes) stays as it is.
+    finished = not pending and read_run_metadata(settings.tiles_dir).get("run_key") == settings.run_key
+    if not finished and s1_scenes:
         s1_scenes = s1_source.prepare_s1(s1_scenes, roi_grid)
     s2_days = group_by_day(s2_scenes)
     s1_days = {d: group_by_day(scenes) for d, scenes in split_by_orbit(s1_scenes).items()}
@@ -328,21 +333,24 @@ def run(settings: PreprocessSettings) -> RunSummary:
             summary.scenes_used |= stats.scenes_used
             summary.tiles_written += 1
 
-    write_run_metadata(settings.tiles_dir, {
-        **provenance,
-        "run_key": settings.run_key,
-        "roi": str(settings.roi.path),
-        "s2_period": str(settings.s2_period),
-        "s1_period": str(settings.s1_period),
-        "max_cloud": settings.max_cloud,
-        "tile_size": settings.tile_size,
-        "s2_scenes": len(s2_scenes),
-        "s1_scenes": len(s1_scenes),
-        "s1_backscatter_recorded": sorted({str(s.properties.get("btfm:backscatter", "unknown"))
-                                           for s in s1_scenes}),
-        "s2_notes": sorted({f"B8A from {s.properties['btfm:b8a_substitute']}" for s in s2_scenes
-                            if "btfm:b8a_substitute" in s.properties}),
-    })
+    if finished:
+        log.info("all tiles were already done; %s kept as it is", settings.tiles_dir / RUN_METADATA_FILE)
+    else:
+        write_run_metadata(settings.tiles_dir, {
+            **provenance,
+            "run_key": settings.run_key,
+            "roi": str(settings.roi.path),
+            "s2_period": str(settings.s2_period),
+            "s1_period": str(settings.s1_period),
+            "max_cloud": settings.max_cloud,
+            "tile_size": settings.tile_size,
+            "s2_scenes": len(s2_scenes),
+            "s1_scenes": len(s1_scenes),
+            "s1_backscatter_recorded": sorted({str(s.properties.get("btfm:backscatter", "unknown"))
+                                               for s in s1_scenes}),
+            "s2_notes": sorted({f"B8A from {s.properties['btfm:b8a_substitute']}" for s in s2_scenes
+                                if "btfm:b8a_substitute" in s.properties}),
+        })
     if not settings.keep_intermediate:
         shutil.rmtree(settings.data_dir / CACHE_DIRNAME, ignore_errors=True)
     summary.seconds = time.perf_counter() - started

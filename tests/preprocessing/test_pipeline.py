@@ -73,3 +73,21 @@ def test_help_from_any_directory(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[2] / "btfm_preprocessing" / "main_pipeline.sh"
     result = subprocess.run(["bash", str(script), "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0 and "--tile-size" in result.stdout
+
+
+def test_finished_run_keeps_its_metadata_and_prepares_nothing(roi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = [str(roi), *ARGS]
+    assert pipeline.main(argv) == 0
+    metadata = roi.parent / "retiled_d_pixel" / "run_metadata.json"
+    first = metadata.read_bytes()
+    from btfm_preprocessing.sources import StacSource
+
+    def must_not_run(self: StacSource, scenes: object, grid: object) -> list[object]:
+        raise AssertionError("prepare_s1 called although every tile was done")
+
+    monkeypatch.setattr(StacSource, "prepare_s1", must_not_run)
+    assert pipeline.main(argv) == 0  # everything done: the metadata of the run that made the tiles stays
+    assert metadata.read_bytes() == first
+    metadata.unlink()  # e.g. killed between the last tile and the metadata: prepared and written again
+    with pytest.raises(AssertionError, match="prepare_s1 called"):
+        pipeline.main(argv)
