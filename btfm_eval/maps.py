@@ -83,11 +83,27 @@ def read_embedding_map(path: Path, roi: Path | None = None) -> EmbeddingMap:
         data = np.moveaxis(src.read(out_dtype=np.float32), 0, -1)
         if src.nodata is not None and np.isfinite(src.nodata):
             data[(data == src.nodata).all(-1)] = np.nan
+        if src.dtypes[0] == "int8":  # quantised export: embedding = value x per-pixel scale
+            data *= _int8_scales(path, grid)[..., None]
     valid = np.isfinite(data).all(-1) & (np.abs(np.nan_to_num(data)).sum(-1) > 0)
     data = np.nan_to_num(data)
     if not valid.any():
         raise InputDataError(f"embedding map {path} has no valid pixel (all NaN or zero)")
     return EmbeddingMap(data, valid, grid, path)
+
+
+def _int8_scales(path: Path, grid: Grid) -> np.ndarray:
+    """The per-pixel scales of an int8 embedding GeoTIFF (``<name>_scales.tif`` beside it), (H, W)."""
+    from btfm_infer.export_cog import scales_path
+
+    scales = scales_path(path)
+    if not scales.is_file():
+        raise InputDataError(f"{path} holds int8 codes but its scales {scales.name} are not beside it; pass the "
+                             "float32 GeoTIFF, the .npy with --roi, or put the scales file back")
+    with _open_raster(scales, "int8 scale raster", "--embeddings") as src:
+        if not same_grid(Grid.from_dataset(src), grid):
+            raise InputDataError(f"{scales} is not on the grid of {path}; re-export both with convert_npy2tiff.py")
+        return src.read(1, out_dtype=np.float32)
 
 
 def same_grid(a: Grid, b: Grid) -> bool:

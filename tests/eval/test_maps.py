@@ -13,6 +13,7 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 
+from btfm_core.errors import InputDataError
 from btfm_eval.errors import GridMismatchError, LabelError
 from btfm_eval.features import raw_features
 from btfm_eval.maps import (
@@ -127,3 +128,20 @@ def test_feature_raster_must_share_the_grid(slovenia_run: Path, tmp_path: Path) 
         dst.write(cube)
     with pytest.raises(GridMismatchError, match="not on the embedding map's grid"):
         read_feature_raster(path, emap.grid)
+
+
+def test_int8_export_is_read_back_as_embeddings(slovenia_run: Path, tmp_path: Path) -> None:
+    from btfm_infer import convert_npy2tiff
+
+    out = tmp_path / "emb_int8.tif"
+    assert convert_npy2tiff.main(["--npy", str(slovenia_run / "stitched_representation.npy"), "--ref-tiff",
+                                  str(slovenia_run / "roi.tiff"), "--out", str(out), "--dtype", "int8",
+                                  "--no-png", "--no-stac", "-q"]) == 0
+    exact = read_embedding_map(slovenia_run / "stitched_representation.tif")
+    quantised = read_embedding_map(out)
+    a, b = exact.data[exact.valid], quantised.data[exact.valid]
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert (quantised.valid == exact.valid).all() and cosine.min() > 0.999
+    (tmp_path / "emb_int8_scales.tif").unlink()
+    with pytest.raises(InputDataError, match="scales"):
+        read_embedding_map(out)
