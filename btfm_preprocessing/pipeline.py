@@ -268,7 +268,8 @@ def run(settings: PreprocessSettings) -> RunSummary:
         log.info("removed %d unfinished tile(s) of an interrupted run", removed)
     options = SourceOptions(catalog=settings.catalog, s1_catalog=settings.s1_catalog,
                             s2_collection=settings.s2_collection,
-                            work_dir=settings.data_dir / CACHE_DIRNAME / settings.s1_source, workers=settings.workers)
+                            work_dir=settings.data_dir / CACHE_DIRNAME / settings.s1_source, workers=settings.workers,
+                            max_cloud=settings.max_cloud)
     s2_source = S2_SOURCES[settings.source](options)
     s1_source = S1_SOURCES[settings.s1_source](options)
     roi_grid = settings.roi.grid

@@ -197,10 +197,14 @@ function updateOutputMetadata(scenes, inputMetadata, outputMetadata) {{
 """
 
 
-def process_payload(day: dt.date, grid: Grid, epsg: int) -> dict[str, Any]:
-    """Process API request body for one UTC day on ``grid`` (bbox in EPSG ``epsg``, size = grid size)."""
+def process_payload(day: dt.date, grid: Grid, epsg: int, max_cloud: float = 100.0) -> dict[str, Any]:
+    """Process API request body for one UTC day on ``grid`` (bbox in EPSG ``epsg``, size = grid size).
+
+    Granules with more than ``max_cloud`` % cloud are left out of the mosaic, as the search left
+    them out (a day can hold one granule under the limit and one over it).
+    """
     time_range = {"from": f"{day.isoformat()}T00:00:00Z", "to": f"{day.isoformat()}T23:59:59Z"}
-    data_filter = {"timeRange": time_range, "mosaickingOrder": "leastCC"}
+    data_filter = {"timeRange": time_range, "mosaickingOrder": "leastCC", "maxCloudCoverage": max_cloud}
     return {
         "input": {
             "bounds": {"bbox": list(grid.bounds),
@@ -371,6 +375,7 @@ class SentinelHubSource:
         client_id: OAuth client id (``SH_CLIENT_ID``).
         client_secret: OAuth client secret (``SH_CLIENT_SECRET``).
         workers: most Process API requests in flight at once.
+        max_cloud: ``--max-cloud``, also applied to the granules mosaicked by the Process API.
         retry: retry and rate-limit settings.
         name: source name given on the command line.
     """
@@ -380,6 +385,7 @@ class SentinelHubSource:
     client_secret: Secret
     workers: int = 4
     retry: RetryPolicy = field(default_factory=lambda: DEFAULT_RETRY)
+    max_cloud: float = 100.0
     name: str = "sentinelhub"
     _session: SentinelHubSession | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -491,7 +497,7 @@ class SentinelHubSource:
         check_request_size(grid)
         request = DownloadRequest(
             request_type="POST", url=f"{self.endpoint.base_url}/api/v1/process",
-            post_values=process_payload(day.day, grid, grid_epsg(grid)), data_type=MimeType.TAR,
+            post_values=process_payload(day.day, grid, grid_epsg(grid), self.max_cloud), data_type=MimeType.TAR,
             headers={"content-type": MimeType.JSON.get_string(), "accept": MimeType.TAR.get_string()},
             use_session=True)
         with self._slots:
@@ -542,4 +548,4 @@ def sentinelhub_source(options: SourceOptions) -> SentinelHubSource:
     client_id = env_secret(CLIENT_ID_ENV, purpose)
     client_secret = env_secret(CLIENT_SECRET_ENV, purpose)
     return SentinelHubSource(endpoint=endpoint, client_id=client_id, client_secret=client_secret,
-                             workers=options.workers, retry=DEFAULT_RETRY)
+                             workers=options.workers, retry=DEFAULT_RETRY, max_cloud=options.max_cloud)

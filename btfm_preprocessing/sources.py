@@ -52,6 +52,7 @@ class SourceOptions:
         work_dir: folder for downloads and processed scenes of sources that need them (under
             the run's cache, removed at the end unless ``--keep-intermediate``).
         workers: parallel requests a source may make.
+        max_cloud: ``--max-cloud`` (sources that mosaic server-side apply it there too).
     """
 
     catalog: str | None = None
@@ -59,6 +60,7 @@ class SourceOptions:
     s2_collection: str | None = None
     work_dir: Path | None = None
     workers: int = 4
+    max_cloud: float = 100.0
 
 
 class S2Source(Protocol):

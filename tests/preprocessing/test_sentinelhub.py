@@ -229,6 +229,8 @@ def test_tiles_match_the_local_source_pixel_for_pixel(server: LoopbackServer, fa
     assert body["output"]["width"] == body["output"]["height"] == 50
     assert body["input"]["bounds"]["properties"]["crs"].endswith("/32631")
     assert body["input"]["data"][0]["processing"]["harmonizeValues"] is True
+    # --max-cloud (default 90) also keeps cloudier granules out of the server-side mosaic
+    assert {d["dataFilter"]["maxCloudCoverage"] for d in body["input"]["data"]} == {90.0}
     assert '"B04", "B02", "B03", "B08", "B8A", "B05", "B06", "B07", "B11", "B12"' in body["evalscript"]
     # authenticated with one token, the secret sent only to the token endpoint and never logged
     assert len(fake.token_bodies) == 1 and fake.token_bodies[0]["grant_type"] == ["client_credentials"]
