@@ -17,12 +17,21 @@ from btfm_core.errors import CredentialsError
 EARTHDATA_HOST = "urs.earthdata.nasa.gov"
 
 
-class Secret(str):
-    """A string whose ``repr``/``str`` formatting hides the value; use :meth:`reveal` to get it."""
+class Secret:
+    """A secret value that never shows itself: ``str``, ``repr`` and formatting give ``***``.
+
+    Not a ``str`` on purpose: concatenating it, or serialising it to JSON, fails loudly instead
+    of copying the value somewhere; :meth:`reveal` hands it to a client library.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
 
     def reveal(self) -> str:
         """The secret value, for passing to a client library."""
-        return str.__str__(self)
+        return self._value
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -32,6 +41,15 @@ class Secret(str):
 
     def __format__(self, spec: str) -> str:
         return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
 
 
 @dataclass(frozen=True)

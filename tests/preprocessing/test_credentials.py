@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -23,6 +24,10 @@ def test_secret_is_hidden_everywhere(caplog: pytest.LogCaptureFixture) -> None:
     logging.getLogger("t").warning("token %s %r %s", secret, secret, f"{secret}")
     assert "hunter2" not in caplog.text and "hunter2" not in repr([secret])
     assert secret.reveal() == "hunter2"
+    with pytest.raises(TypeError):  # not a str: it cannot slip into JSON or a concatenation
+        json.dumps({"token": secret})
+    with pytest.raises(TypeError):
+        "Bearer " + secret  # type: ignore[operator]
 
 
 def test_missing_env_names_the_variable() -> None:
