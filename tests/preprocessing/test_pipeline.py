@@ -91,3 +91,14 @@ def test_finished_run_keeps_its_metadata_and_prepares_nothing(roi: Path, monkeyp
     metadata.unlink()  # e.g. killed between the last tile and the metadata: prepared and written again
     with pytest.raises(AssertionError, match="prepare_s1 called"):
         pipeline.main(argv)
+
+
+def test_parallel_day_reads_give_the_same_tiles_as_sequential_ones(tmp_path: Path) -> None:
+    digests = []
+    for workers in ("1", "6"):
+        run = tmp_path / f"workers_{workers}"
+        run.mkdir()
+        shutil.copy(DEMO_DIR / "roi.tiff", run / "roi.tiff")
+        assert pipeline.main([str(run / "roi.tiff"), *ARGS, "--workers", workers]) == 0
+        digests.append(tile_digests(run / "retiled_d_pixel"))
+    assert digests[0] == digests[1] and len(digests[0]) > 10
