@@ -39,6 +39,7 @@ from btfm_infer.stac_item import (
     build_item,
     build_provenance,
     checkpoint_info,
+    find_inference_model,
     find_run_metadata,
     read_run_metadata,
     write_item,
@@ -108,7 +109,7 @@ def _provenance(args: argparse.Namespace, npy: Path) -> Provenance:
     meta = read_run_metadata(meta_path) if meta_path else None
     if meta_path:
         log.info("provenance from %s", meta_path)
-    model = checkpoint_info(args.checkpoint.expanduser()) if args.checkpoint else None
+    model = checkpoint_info(args.checkpoint.expanduser()) if args.checkpoint else find_inference_model(npy)
     return build_provenance(meta, model)
 
 
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     prov = parser.add_argument_group("provenance (GeoTIFF tags, Zarr attributes, STAC properties)")
     prov.add_argument("--checkpoint", type=Path, default=None,
                       help="the checkpoint the embedding was made with: its name, sha256 and dimensions are "
-                           "recorded (loads it)")
+                           "recorded (loads it); default: what infer_all_tiles recorded in "
+                           "representation_retiled/inference.json beside --npy")
     meta = prov.add_mutually_exclusive_group()
     meta.add_argument("--run-metadata", type=Path, default=None,
                       help="preprocessing run_metadata.json (sources, collections, backscatter kind, periods); "

@@ -27,7 +27,12 @@ from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId, list_tiles, read_tile
 from btfm_infer.checkpoint import load_model
 from btfm_infer.onnx_engine import ENGINES
-from btfm_infer.tile_inference import InferenceOptions, representation_path
+from btfm_infer.tile_inference import (
+    InferenceOptions,
+    check_or_write_record,
+    inference_record,
+    representation_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_writable_dir(args.output_dir, "output folder (--output-dir)")
     ensure_writable_dir(log_dir, "log folder (--log-dir)")
     setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)
-    load_model(args.checkpoint, "cpu")  # fail early on a missing or foreign checkpoint
+    config = load_model(args.checkpoint, "cpu").config.to_dict()  # fail early on a missing or foreign checkpoint
     remove_stale_temporaries(args.output_dir)
+    # tiles already there must come from the same checkpoint and sampling settings
+    check_or_write_record(args.output_dir, inference_record(
+        args.checkpoint, config, InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, args.precision)))
     pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
     # validate the tile contract before any work, and count the pixels to embed
     roi_pixels = {tile: int(read_tile(args.tiles_dir / tile.name).roi.sum()) for tile in pending}

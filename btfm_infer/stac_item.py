@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 #: Folder of the preprocessing tiles in a run folder (holds ``run_metadata.json``).
 TILES_DIRNAME = "retiled_d_pixel"
 #: Keys of ``run_metadata.json`` copied into the outputs' provenance (no local paths).
-SOURCE_KEYS = ("source", "root", "s2_collection", "s1_collection", "s1_backscatter", "s1_backscatter_recorded",
-               "s2_period", "s1_period", "max_cloud", "s2_scenes", "s1_scenes")
+SOURCE_KEYS = ("source", "root", "s2_collection", "s1_source", "s1_collection", "s1_backscatter",
+               "s1_backscatter_recorded", "s2_period", "s1_period", "max_cloud", "s2_scenes", "s1_scenes")
 #: Points per edge when projecting the grid's outline to longitude/latitude.
 _EDGE_POINTS = 21
 
@@ -86,10 +86,25 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: Folder of the per-tile embeddings in a run folder (holds ``inference.json``).
+REPRESENTATION_DIRNAME = "representation_retiled"
+
+
 def find_run_metadata(npy_path: str | os.PathLike[str]) -> Path | None:
     """The preprocessing run's metadata beside a stitched ``.npy``, if there is one."""
     path = Path(npy_path).parent / TILES_DIRNAME / RUN_METADATA_FILE
     return path if path.is_file() else None
+
+
+def find_inference_model(npy_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Model and sampling settings recorded by ``infer_all_tiles`` in ``representation_retiled/``
+    beside a stitched ``.npy`` (checkpoint name, sha256, dims, seed, repeat, precision), or None."""
+    from btfm_infer.tile_inference import read_inference_record
+
+    record = read_inference_record(Path(npy_path).parent / REPRESENTATION_DIRNAME)
+    if not record or not isinstance(record.get("model"), dict):
+        return None
+    return {**record["model"], **{k: record[k] for k in ("seed", "repeat", "precision") if k in record}}
 
 
 def read_run_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -6,13 +6,17 @@ not the tile's number of dates times its area.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from btfm_core.errors import BTFMError
 from btfm_core.fileio import atomic_path
 from btfm_core.tiles import EMBEDDING_DIM, TileId, read_tile
 from btfm_infer.embed import embed_pixels
@@ -36,6 +40,57 @@ class InferenceOptions:
     def autocast(self, device: torch.device) -> torch.autocast:
         """bf16 autocast when asked for (about 2x faster on CPUs with AVX-512 bf16 and on GPUs)."""
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+#: What made the tiles of a representation folder (checkpoint and sampling settings), written by
+#: ``infer_all_tiles`` before any tile and read by the export's provenance.
+INFERENCE_RECORD = "inference.json"
+
+
+def inference_record(checkpoint: Path, config: dict[str, Any], options: InferenceOptions) -> dict[str, Any]:
+    """The record of an inference run: what decides the embeddings' values (not batch size or engine)."""
+    digest = hashlib.sha256()
+    with Path(checkpoint).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"model": {"name": Path(checkpoint).name, "sha256": digest.hexdigest(),
+                      "size_bytes": Path(checkpoint).stat().st_size, "config": config},
+            "seed": options.seed, "repeat": options.repeat, "precision": options.precision}
+
+
+def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` into ``output_dir``, or check it against the one already there.
+
+    Raises:
+        BTFMError: the folder holds tiles made with another checkpoint or sampling settings, which
+            a resumed run would silently mix with the new ones.
+    """
+    path = Path(output_dir) / INFERENCE_RECORD
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = None
+        if previous == record:
+            return
+        if previous is not None or any(Path(output_dir).glob("*.npy")):
+            raise BTFMError(f"{output_dir} holds embeddings made with another checkpoint or --seed/--repeat/"
+                            f"--precision (see {path.name}); use another --output-dir, or delete the folder "
+                            "to start again")
+    elif any(Path(output_dir).glob("*.npy")):
+        log.warning("%s has tiles but no %s (made by an older version?); recording this run's settings",
+                    output_dir, INFERENCE_RECORD)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+
+
+def read_inference_record(output_dir: Path) -> dict[str, Any] | None:
+    """The record of the run that made ``output_dir``'s tiles, or None."""
+    try:
+        data = json.loads((Path(output_dir) / INFERENCE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def rows_per_block(width: int, n_s2: int, n_s1: int) -> int:

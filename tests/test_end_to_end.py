@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,19 @@ def test_onnxruntime_engine_refuses_bf16(demo_run: Path, tmp_path: Path, capsys:
     assert infer_all_tiles.main(["--tiles-dir", str(demo_run / "retiled_d_pixel"), "--output-dir",
                                  str(tmp_path / "x"), "--engine", "onnxruntime", "--precision", "bf16"]) == 2
     assert "--precision bf16 applies to the torch engine" in capsys.readouterr().err
+
+
+def test_resuming_with_another_checkpoint_or_seed_is_refused(demo_run: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    record = json.loads((demo_run / "representation_retiled" / "inference.json").read_text())
+    assert record["seed"] == 0 and len(record["model"]["sha256"]) == 64 and record["model"]["config"]["d_model"]
+    assert infer_all_tiles.main(["--tiles-dir", str(demo_run / "retiled_d_pixel"), "--seed", "7", "-q"]) == 2
+    assert "another checkpoint or --seed" in capsys.readouterr().err  # nothing mixed into the old tiles
+
+
+def test_stac_item_records_the_model_and_sources_without_flags(demo_run: Path) -> None:
+    item = json.loads((demo_run / "stitched_representation.stac.json").read_text())
+    record = json.loads((demo_run / "representation_retiled" / "inference.json").read_text())
+    model, sources = item["properties"]["btfm:model"], item["properties"]["btfm:sources"]
+    assert model["sha256"] == record["model"]["sha256"] and model["name"] == "btfm_demo.pt" and model["seed"] == 0
+    assert sources["source"] == "local" and sources["s1_source"] == "local"
