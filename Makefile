@@ -4,7 +4,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 DEMO_DIR ?= demo_run
 
-.PHONY: help venv test lint demo bench clean train-demo bench-preprocessing
+.PHONY: help venv test lint demo bench clean train-demo bench-preprocessing evaluate
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -37,3 +37,6 @@ train-demo: venv  ## re-train checkpoints/btfm_demo.pt (needs ../shared/data)
 
 bench-preprocessing: venv  ## preprocessing: bytes read and peak RSS for a 1x and a 4x ROI (loopback COG server)
 	$(VPY) scripts/bench_preprocessing.py
+
+evaluate: venv  ## downstream evaluation of the demo checkpoint on the sample labelled sets (needs ../shared/data)
+	bash scripts/run_evaluations.sh
