@@ -162,7 +162,7 @@ def render_markdown(result: dict[str, Any], title: str, figures: list[tuple[str,
     lines += [f"- task: **{task}**, {result['n_samples']} samples in {result['n_groups']} groups "
               f"(never split) and {result['n_blocks']} spatial blocks",
               f"- splits: {', '.join(result['splits'])}; {result['folds']} folds; seed {result['seed']}; "
-              "metrics are mean ± std over folds"]
+              f"metrics are mean ± std over folds; **bold**: the best row by {METRIC_NAMES[metric]}"]
     lines += ["- feature sets: " + "; ".join(f"`{k}` ({v} features): {LABELS.get(k, k)}"
                                                 for k, v in result["feature_sets"].items())]
     if task == "classification":
