@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
     parser.add_argument("--cpu-gpu-split", default="1:1", help="share of tiles for CPU:GPU workers")
     parser.add_argument("--max-cpu", type=int, default=1, help="CPU worker processes")
-    parser.add_argument("--max-gpu", type=int, default=1, help="GPU worker processes (one per GPU)")
+    parser.add_argument("--max-gpu", type=int, default=None,
+                        help="GPU worker processes (one per GPU; default: one per GPU found, none without a "
+                             "warning on a machine without GPU)")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1,
                         help="CPU threads shared by the CPU workers")
     parser.add_argument("--cpu-batch-size", type=int, default=1024, help="pixels per CPU forward pass")
@@ -193,8 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_dir = (args.log_dir or base / "logs").expanduser().resolve()
     setup_logging(None, args.verbosity)
     split = parse_split(args.cpu_gpu_split)
-    if min(args.max_cpu, args.max_gpu) < 0 or args.max_cpu + args.max_gpu == 0:
-        raise BTFMError("--max-cpu and --max-gpu must be >= 0 and not both 0")
+    asked_for_gpu = args.max_gpu is not None
+    if args.max_gpu is None:
+        args.max_gpu = torch.cuda.device_count()
+    if min(args.max_cpu, args.max_gpu) < 0:
+        raise BTFMError("--max-cpu and --max-gpu must be >= 0")
+    if args.max_cpu + args.max_gpu == 0:
+        raise BTFMError("no worker to run: --max-cpu is 0 and " +
+                        ("--max-gpu is 0" if asked_for_gpu else "no CUDA GPU was found; raise --max-cpu"))
     if min(args.cores, args.cpu_batch_size, args.gpu_batch_size, args.repeat) < 1:
         raise BTFMError("--cores, --cpu-batch-size, --gpu-batch-size and --repeat must be >= 1")
     if args.engine == "onnxruntime" and args.precision == "bf16":
@@ -213,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # validate the tile contract before any work, and count the pixels to embed
     roi_pixels = {tile: int(read_tile(args.tiles_dir / tile.name).roi.sum()) for tile in pending}
     n_gpu = torch.cuda.device_count() if args.max_gpu > 0 else 0
-    if split[1] > 0 and args.max_gpu > 0 and n_gpu == 0:
+    if split[1] > 0 and args.max_gpu > 0 and n_gpu == 0 and asked_for_gpu:
         log.warning("no CUDA GPU found: the GPU share of tiles runs on the CPU workers")
     plans = plan_workers(pending, split, args.max_cpu if n_gpu else max(1, args.max_cpu),
                          min(n_gpu, args.max_gpu), args.cores, args.cpu_batch_size, args.gpu_batch_size)

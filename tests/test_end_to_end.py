@@ -150,3 +150,15 @@ def test_stac_item_records_the_model_and_sources_without_flags(demo_run: Path) -
     model, sources = item["properties"]["btfm:model"], item["properties"]["btfm:sources"]
     assert model["sha256"] == record["model"]["sha256"] and model["name"] == "btfm_demo.pt" and model["seed"] == 0
     assert sources["source"] == "local" and sources["s1_source"] == "local"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_gpu_warning_only_when_a_gpu_was_asked_for(demo_run: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    tiles = str(demo_run / "retiled_d_pixel")
+    assert infer_all_tiles.main(["--tiles-dir", tiles, "--output-dir", str(tmp_path / "a"), "--max-gpu", "1"]) == 0
+    assert "no CUDA GPU found" in capsys.readouterr().err
+    assert infer_all_tiles.main(["--tiles-dir", tiles, "--output-dir", str(tmp_path / "b")]) == 0
+    assert "no CUDA GPU found" not in capsys.readouterr().err  # the default uses the GPUs there are
+    assert infer_all_tiles.main(["--tiles-dir", tiles, "--output-dir", str(tmp_path / "c"), "--max-cpu", "0"]) == 2
+    assert "no CUDA GPU was found; raise --max-cpu" in capsys.readouterr().err
