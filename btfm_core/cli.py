@@ -16,7 +16,17 @@ EXIT_USAGE = 2
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the epilog's example layout."""
+    """Show defaults and keep the epilog's example layout.
+
+    A default is shown only when it says something: not for flags, not for None, and not when the
+    help text already explains it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
