@@ -7,6 +7,7 @@ renamed when complete, so an interrupted run never leaves a file that looks fini
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -94,3 +95,12 @@ def refuse_overwrite(path: str | os.PathLike[str], overwrite: bool, alternative:
     if Path(path).exists() and not overwrite:
         other = f", or choose another {alternative}" if alternative else ""
         raise BTFMError(f"output {path} already exists; pass --overwrite to replace it{other}")
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file (``sha256``, ``md5``...), read in 1 MB chunks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -11,7 +11,6 @@ the same run gives the same bytes and the folder can be moved.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -147,16 +146,12 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         CheckpointError: if the file is missing or not a BTFM checkpoint.
     """
     from btfm_infer.checkpoint import load_model  # torch: imported only when a checkpoint is given
+    from btfm_infer.tile_inference import model_summary
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check --checkpoint")
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(2**20), b""):
-            digest.update(chunk)
-    config = load_model(path, "cpu").config.to_dict()
-    return {"name": path.name, "sha256": digest.hexdigest(), "size_bytes": path.stat().st_size, "config": config}
+    return model_summary(path, load_model(path, "cpu").config.to_dict())
 
 
 def build_provenance(run_metadata: Mapping[str, Any] | None = None,

@@ -6,9 +6,9 @@ not the tile's number of dates times its area.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from btfm_core.errors import BTFMError
-from btfm_core.fileio import atomic_path
+from btfm_core.fileio import atomic_path, file_digest
 from btfm_core.tiles import EMBEDDING_DIM, TileId, read_tile
 from btfm_infer.embed import embed_pixels
 
@@ -47,14 +47,15 @@ class InferenceOptions:
 INFERENCE_RECORD = "inference.json"
 
 
+def model_summary(checkpoint: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, Any]:
+    """Name, sha256, size and model dimensions of a checkpoint, as recorded in provenance."""
+    path = Path(checkpoint)
+    return {"name": path.name, "sha256": file_digest(path), "size_bytes": path.stat().st_size, "config": config}
+
+
 def inference_record(checkpoint: Path, config: dict[str, Any], options: InferenceOptions) -> dict[str, Any]:
     """The record of an inference run: what decides the embeddings' values (not batch size or engine)."""
-    digest = hashlib.sha256()
-    with Path(checkpoint).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"model": {"name": Path(checkpoint).name, "sha256": digest.hexdigest(),
-                      "size_bytes": Path(checkpoint).stat().st_size, "config": config},
+    return {"model": model_summary(checkpoint, config),
             "seed": options.seed, "repeat": options.repeat, "precision": options.precision}
 
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from btfm_core.errors import CredentialsError, SourceError
 from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
+from btfm_core.tiles import ORBIT_DIRECTIONS
 from btfm_preprocessing.credentials import earthdata_login
 from btfm_preprocessing.download import Expected, download
 from btfm_preprocessing.period import Period
@@ -62,7 +63,6 @@ PRODUCT_TYPE = "GRD_HD"
 GRD_COLLECTION = "sentinel-1-grd"
 #: What the scenes hold before :func:`btfm_preprocessing.grd.geocode_grd` says it exactly.
 GRD_BACKSCATTER = "sigma0 (GRD geocoded locally), linear power"
-ORBIT_DIRECTIONS = ("ascending", "descending")
 #: GeoTIFF profile of the per-polarisation files (tiled, so windowed reads stay cheap).
 SPLIT_PROFILE: Mapping[str, object] = {"driver": "GTiff", "dtype": "float32", "tiled": True, "blockxsize": 512,
                                        "blockysize": 512, "compress": "deflate", "predictor": 3,

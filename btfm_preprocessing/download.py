@@ -8,7 +8,6 @@ Timeouts, dropped connections, 429 and 5xx answers are retried with exponential 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ import requests
 from tqdm import tqdm
 
 from btfm_core.errors import CredentialsError, DownloadError
+from btfm_core.fileio import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +52,13 @@ class Expected:
     md5: str | None = None
 
 
-def file_md5(path: Path) -> str:
-    """Hex MD5 of a file, read in chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def check_complete(path: Path, expected: Expected) -> None:
     """Raise :class:`DownloadError` if ``path`` does not have the expected size and checksum."""
     size = path.stat().st_size
     if expected.size is not None and size != expected.size:
         raise DownloadError(f"{path.name}: got {size} bytes, expected {expected.size}")
-    if expected.md5 is not None and file_md5(path) != expected.md5.lower():
+    if expected.md5 is not None and file_digest(path, "md5") != expected.md5.lower():
         raise DownloadError(f"{path.name}: MD5 checksum differs from the one the service announced")
 
 
