@@ -19,7 +19,8 @@ import torch
 
 from btfm_core.errors import InputDataError
 from btfm_infer.model import BTFM
-from btfm_infer.sampling import SEQ_LEN, build_s1_input, build_s2_input
+from btfm_infer.bucketing import embed_bucketed
+from btfm_infer.sampling import SEQ_LEN, doys_per_pixel, build_s1_input, build_s2_input
 
 
 def _check(name: str, arr: np.ndarray, ndim: int | tuple[int, ...], kinds: str) -> np.ndarray:
@@ -63,6 +64,24 @@ def _model_device(model: BTFM, device: str | torch.device | None) -> torch.devic
         raise ValueError(f"device {dev} requested but the model is on {param.device}; "
                          f"load it there with load_model(path, device='{dev}') or move it with model.to()")
     return param.device
+
+
+def _embed_all_observations(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
+                            s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray,
+                            s1_desc_doys: np.ndarray, batch_size: int, device: torch.device,
+                            dtype: torch.dtype) -> np.ndarray:
+    """The bucketed families' path (v1.1, v2): whole arrays, checked, days broadcast per pixel."""
+    if model.stats is None:
+        raise InputDataError(f"this {model.family.title} model has no normalisation statistics yet: load it with "
+                             "load_model(path, stats='mpc' or 'aws') (--stats on the command line)")
+    n = s2_bands.shape[0]
+    arrays = [np.asarray(a) for a in (s2_bands, s2_masks, s1_asc, s1_desc)]
+    for name, arr in zip(("s2_bands", "s2_masks", "s1_asc", "s1_desc"), arrays, strict=True):
+        _check_finite(name, arr)
+    days = [doys_per_pixel(d, n, a.shape[1]) for d, a in ((s2_doys, arrays[0]), (s1_asc_doys, arrays[2]),
+                                                     (s1_desc_doys, arrays[3]))]
+    return embed_bucketed(model, arrays[0], arrays[1], days[0], arrays[2], days[1], arrays[3], days[2],
+                          batch_size=batch_size, device=device, dtype=dtype)
 
 
 def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
@@ -127,7 +146,8 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
         raise InputDataError(f"seed and seed_key must be non-negative integers, got {seed}, {tuple(key)}")
 
     out = np.zeros((n, cfg.embedding_dim), dtype=np.float32)
-    if n == 0 or t == 0:
+    bucketed = model.family.bucketed
+    if n == 0 or (t == 0 and not bucketed):
         return out
     dev = _model_device(model, device)
     dtype = next(model.parameters()).dtype
@@ -135,6 +155,9 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
     model.eval()
     try:
         with torch.inference_mode():
+            if bucketed:
+                return _embed_all_observations(model, s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc,
+                                               s1_desc_doys, batch_size, dev, dtype)
             for b, start in enumerate(range(0, n, sample_block)):
                 sl = slice(start, min(n, start + sample_block))
                 bands = np.asarray(s2_bands[sl])

@@ -85,7 +85,7 @@ def sample_indices_reference(valid: np.ndarray, k: int, rng: np.random.Generator
     return out
 
 
-def _doys_2d(doys: np.ndarray, n: int, t: int) -> np.ndarray:
+def doys_per_pixel(doys: np.ndarray, n: int, t: int) -> np.ndarray:
     """(T,) or (N, T) days of year → an (N, T) view."""
     doys = np.asarray(doys)
     if doys.ndim == 1:
@@ -134,7 +134,7 @@ def build_s2_input(bands: np.ndarray, masks: np.ndarray, doys: np.ndarray, rng: 
     if np.shape(masks) != (n, t):
         raise ValueError(f"masks must be {(n, t)}, got {np.shape(masks)}")
     idx = sample_indices(np.asarray(masks) != 0, k, rng)
-    return _assemble(bands, _doys_2d(doys, n, t), idx, S2_MEAN, S2_STD)
+    return _assemble(bands, doys_per_pixel(doys, n, t), idx, S2_MEAN, S2_STD)
 
 
 def build_s1_input(asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray, desc_doys: np.ndarray,
@@ -161,11 +161,11 @@ def build_s1_input(asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray, desc
     if ta + td == 0:
         return standardised_no_data_s1(k, n)
     if ta == 0:
-        values, doys = np.asarray(desc), _doys_2d(desc_doys, n, td)
+        values, doys = np.asarray(desc), doys_per_pixel(desc_doys, n, td)
     elif td == 0:
-        values, doys = np.asarray(asc), _doys_2d(asc_doys, n, ta)
+        values, doys = np.asarray(asc), doys_per_pixel(asc_doys, n, ta)
     else:
         values = np.concatenate([np.asarray(asc), np.asarray(desc)], axis=1)
-        doys = np.concatenate([_doys_2d(asc_doys, n, ta), _doys_2d(desc_doys, n, td)], axis=1)
+        doys = np.concatenate([doys_per_pixel(asc_doys, n, ta), doys_per_pixel(desc_doys, n, td)], axis=1)
     idx = sample_indices((values != 0).any(axis=-1), k, rng)
     return _assemble(values, doys, idx, S1_MEAN, S1_STD)
