@@ -63,11 +63,13 @@ def write_embedding_geotiff(npy_path: str | os.PathLike[str], roi: Roi | str | o
     return write_embedding_cog(npy_path, roi, out_path, dtype).path
 
 
-def _embedding_properties(channels: int, dtype: str, cosine: CosineStats | None) -> dict[str, object]:
+def _embedding_properties(channels: int, dtype: str, cosine: CosineStats | None,
+                          int8_rule: str = "v1.0") -> dict[str, object]:
     info: dict[str, object] = {"dim": channels, "dtype": dtype, "band_names": f"{band_names(channels)[0]}.."
                                f"{band_names(channels)[-1]}"}
     if dtype == "int8":
         info["quantisation"] = "per-pixel symmetric int8: embedding = value x scale, scale = max|v| / 127"
+        info["int8_rule"] = int8_rule
         info["nodata"] = INT8_NODATA
         if cosine is not None:
             info["int8_cosine"] = cosine.as_dict()
@@ -209,15 +211,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
     provenance = _provenance(args, npy)
+    int8_rule = str(provenance.model.get("int8_rule", "v1.0"))
+    if args.dtype == "int8":
+        log.info("int8 rule of the %s family (%s)", provenance.model.get("family", "v1.0"),
+                 "from the inference record" if provenance.model else "no model recorded: ours")
 
     cog = zarr_out = None
     if tif is not None:
-        cog = write_embedding_cog(npy, roi, tif, args.dtype, tags=provenance.tags())
+        cog = write_embedding_cog(npy, roi, tif, args.dtype, tags=provenance.tags(), int8_rule=int8_rule)
         print(cog.path)
         if cog.scales is not None:
             print(cog.scales)
     if zarr_path is not None:
-        zarr_out = write_embedding_zarr(npy, roi, zarr_path, args.dtype, attributes=provenance.attributes())
+        zarr_out = write_embedding_zarr(npy, roi, zarr_path, args.dtype, attributes=provenance.attributes(),
+                                        int8_rule=int8_rule)
         print(zarr_out.path)
     if png is not None:
         print(write_quicklook_png(npy, roi, png, max_size=args.max_size, seed=args.seed))
@@ -229,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("no run metadata with the observation period: the STAC item's datetime is the time %s "
                         "was written; pass --run-metadata to record the period", npy.name)
         item = build_item(base.stem, roi.grid, provenance, _assets(cog, zarr_out, png, channels), stac,
-                          _embedding_properties(channels, args.dtype, cosine), fallback_datetime=fallback)
+                          _embedding_properties(channels, args.dtype, cosine, int8_rule), fallback_datetime=fallback)
         print(write_item(item, stac))
     return 0
 

@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_model(checkpoint: str, threads: int, engine: str = "torch") -> torch.nn.Module:
+def _worker_model(checkpoint: str, threads: int, engine: str = "torch", family: str = "auto",
+                  stats: str | None = None) -> torch.nn.Module:
     """The model, loaded once per worker process (on the CPU, with the chosen engine)."""
     torch.set_num_threads(threads)
-    return with_engine(load_model(checkpoint, "cpu"), engine, threads)
+    return with_engine(load_model(checkpoint, "cpu", family=family, stats=stats), engine, threads)
 
 
 def embed_tile_task(tiles_dir: str, output_dir: str, checkpoint: str, tile_name: str,
@@ -38,7 +39,8 @@ def embed_tile_task(tiles_dir: str, output_dir: str, checkpoint: str, tile_name:
     out = representation_path(Path(output_dir), TileId.parse(tile_name))
     if out.exists():
         return 0
-    return infer_tile(_worker_model(checkpoint, threads, options.engine), Path(tiles_dir) / tile_name, out, options)
+    model = _worker_model(checkpoint, threads, options.engine, options.family, options.stats)
+    return infer_tile(model, Path(tiles_dir) / tile_name, out, options)
 
 
 def run_on_dask(tiles: Sequence[TileId], tiles_dir: Path, output_dir: Path, checkpoint: Path,

@@ -155,7 +155,8 @@ def _write_vrt(path: Path, main: Path, overviews: Sequence[Path], grid: Grid, dt
 
 
 def _write_level(npy_path: str | os.PathLike[str], roi: Roi, stage: Path, scale_stage: Path | None,
-                 profile: Mapping[str, object], factor: int, cosine: CosineStats | None) -> None:
+                 profile: Mapping[str, object], factor: int, cosine: CosineStats | None,
+                 int8_rule: str = "v1.0") -> None:
     """Pass 1 for one level (factor 1 = full resolution): stream blocks into staging GeoTIFF(s)."""
     height, width = math.ceil(roi.grid.height / factor), math.ceil(roi.grid.width / factor)
     size = {"width": width, "height": height}
@@ -176,7 +177,7 @@ def _write_level(npy_path: str | os.PathLike[str], roi: Roi, stage: Path, scale_
                 block.values[outside] = np.nan
                 dst.write(np.moveaxis(block.values, -1, 0), window=target)
                 continue
-            q, scale = quantise_int8(block.values)
+            q, scale = quantise_int8(block.values, int8_rule)
             if cosine is not None:
                 cosine.update(block.values[block.inside], q[block.inside], scale[block.inside])
             q[outside] = INT8_NODATA
@@ -188,7 +189,7 @@ def _write_level(npy_path: str | os.PathLike[str], roi: Roi, stage: Path, scale_
 
 def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
                         out_path: str | os.PathLike[str], dtype: str = "float32",
-                        tags: Mapping[str, str] | None = None) -> CogExport:
+                        tags: Mapping[str, str] | None = None, int8_rule: str = "v1.0") -> CogExport:
     """Write a stitched embedding as a COG on the ROI grid (float32, or int8 + a scale COG).
 
     With ``dtype="int8"`` the bands hold ``q`` (-128 outside the ROI) and a second, one-band
@@ -201,6 +202,7 @@ def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         out_path: the COG to write (replaced atomically if it exists).
         dtype: ``float32`` or ``int8``.
         tags: dataset metadata (GDAL default domain) to record, e.g. checkpoint and sources.
+        int8_rule: the model family's int8 rule (:func:`~btfm_infer.export_common.quantise_int8`).
 
     Returns:
         What was written; the embedding has C bands ``A00``…, nodata NaN (float32) or -128 (int8)
@@ -229,7 +231,8 @@ def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         for factor in [1, *factors]:
             stage = stack.enter_context(_staging(out_path, f".{factor}.tif"))
             scale_stage = stack.enter_context(_staging(scales_path(out_path), f".{factor}.tif")) if quantise else None
-            _write_level(npy_path, roi, stage, scale_stage, profile, factor, cosine if factor == 1 else None)
+            _write_level(npy_path, roi, stage, scale_stage, profile, factor, cosine if factor == 1 else None,
+                         int8_rule)
             levels.append((stage, scale_stage))
         if cosine is not None:
             all_tags["BTFM_INT8_COSINE_MEAN"] = f"{cosine.mean:.6f}"

@@ -26,6 +26,8 @@ from btfm_infer.stitch_tiled_representation import open_stitched, read_npy_windo
 INT8_NODATA = -128
 INT8_MAX = 127
 DTYPES = ("float32", "int8")
+#: int8 rules of the model families (``int8_rule`` in the inference record).
+INT8_RULES = ("v1.0", "v1.1", "v2")
 
 
 def band_names(count: int) -> list[str]:
@@ -59,20 +61,43 @@ def open_export(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[s
     return roi, out_path, shape
 
 
-def quantise_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-vector int8 quantisation along the last axis.
+def quantise_int8(vectors: np.ndarray, rule: str = "v1.0") -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-vector int8 quantisation along the last axis, by a model family's rule.
+
+    Every rule stores ``vectors ≈ q * scale[..., None]`` with ``scale = max|v| / 127`` in float32
+    and ``q = round(v / scale)`` (half to even):
+
+    - ``v1.0`` (ours): q clipped to [-127, 127];
+    - ``v2`` (the students' ``quantize``): max|v| clamped to ≥ 1e-12 first, q clipped to [-127, 127];
+    - ``v1.1`` (``quantize_tensor_symmetric_per_row``): scale clamped to ≥ 1e-8, q clipped to
+      [-128, 127].
+
+    All-zero vectors (outside the ROI, no observation) get ``q = 0`` and scale 0 under every rule.
 
     Args:
         vectors: (..., C) floating-point array.
+        rule: ``v1.0``, ``v1.1`` or ``v2`` (the inference record's ``int8_rule``).
 
     Returns:
-        ``(q, scale)``: (..., C) int8 in [-127, 127] and (...) float32 with
-        ``vectors ≈ q * scale[..., None]`` (scale 0 for all-zero vectors).
+        ``(q, scale)``: (..., C) int8 and (...) float32.
+
+    Raises:
+        BTFMError: an unknown rule.
     """
+    if rule not in INT8_RULES:
+        raise BTFMError(f"unknown int8 rule {rule!r}; expected one of {', '.join(INT8_RULES)}")
+    vectors = np.asarray(vectors, dtype=np.float32)
     peak = np.abs(vectors).max(axis=-1)
+    zero = peak == 0
+    if rule == "v2":
+        peak = np.maximum(peak, np.float32(1e-12))
     scale = (peak / INT8_MAX).astype(np.float32)
-    safe = np.where(scale > 0, scale, 1.0)[..., None]
-    q = np.clip(np.rint(vectors / safe), -INT8_MAX, INT8_MAX).astype(np.int8)
+    if rule == "v1.1":
+        scale = np.maximum(scale, np.float32(1e-8))
+    lowest = -INT8_MAX - 1 if rule == "v1.1" else -INT8_MAX
+    safe = np.where(scale > 0, scale, np.float32(1.0))[..., None]
+    q = np.clip(np.rint(vectors / safe), lowest, INT8_MAX).astype(np.int8)
+    scale[zero] = 0
     return q, scale
 
 

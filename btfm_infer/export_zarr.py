@@ -108,7 +108,7 @@ def _coordinates(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
 
 def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
                          out_path: str | os.PathLike[str], dtype: str = "float32",
-                         attributes: Mapping[str, Any] | None = None) -> ZarrExport:
+                         attributes: Mapping[str, Any] | None = None, int8_rule: str = "v1.0") -> ZarrExport:
     """Write a stitched embedding as a Zarr v3 store on the ROI grid (layout in the module doc).
 
     Args:
@@ -117,6 +117,7 @@ def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.P
         out_path: the store folder to write (replaced atomically if it exists).
         dtype: ``float32``, or ``int8`` (per-pixel symmetric quantisation + a ``scales`` array).
         attributes: more group attributes (JSON-serialisable), e.g. provenance.
+        int8_rule: the model family's int8 rule (:func:`~btfm_infer.export_common.quantise_int8`).
 
     Returns:
         What was written.
@@ -173,7 +174,7 @@ def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.P
                 block.values[outside] = np.nan
                 embedding[index] = block.values
             else:
-                q, scale = quantise_int8(block.values)
+                q, scale = quantise_int8(block.values, int8_rule)
                 assert cosine is not None
                 cosine.update(block.values[block.inside], q[block.inside], scale[block.inside])
                 q[outside] = INT8_NODATA

@@ -118,7 +118,7 @@ class Family:
         default_nhead: Heads when the file does not say (v2 files always say).
         stats: Name of the statistics set in :data:`STATS`; None where it depends on the data
             source (v1.1: ``v1.1-mpc`` or ``v1.1-aws``).
-        int8_rule: How :func:`btfm_infer.quantise.quantise_int8` quantises this family's embeddings.
+        int8_rule: How :func:`btfm_infer.export_common.quantise_int8` quantises this family's embeddings.
         matryoshka: Whether the first 16/32/64 dimensions are usable alone (``--dim``).
         randomised: Whether the input rule draws at random (``--seed``/``--repeat`` apply).
     """

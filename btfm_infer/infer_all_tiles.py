@@ -24,8 +24,9 @@ from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError
 from btfm_core.fileio import ensure_writable_dir, remove_stale_temporaries
 from btfm_core.logs import setup_logging
-from btfm_core.tiles import TileId, list_tiles, read_tile
-from btfm_infer.checkpoint import load_model
+from btfm_core.tiles import TileId, list_tiles, read_run_metadata, read_tile
+from btfm_infer.checkpoint import V11_SOURCES, inspect_checkpoint, load_model, resolve_stats
+from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.onnx_engine import ENGINES
 from btfm_infer.tile_inference import (
     InferenceOptions,
@@ -37,6 +38,8 @@ from btfm_infer.tile_inference import (
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: ``--dim`` values (the v2 students' Matryoshka dimensions).
+MATRYOSHKA_CHOICES = (16, 32, 64, 128)
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "btfm_demo.pt"
 
 
@@ -94,19 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     """Command line of the inference step."""
     parser = argparse.ArgumentParser(
         prog="infer_all_tiles.sh",
-        description="Embed every tile folder with the BTFM model, fanning tiles out to CPU and GPU "
-                    "worker processes. Writes representation_retiled/<tile>.npy (H, W, 128) float32.",
+        description="Embed every tile folder with a TESSERA model of any family (v1.0, v1.0 QAT, v1.1, v2 "
+                    "students; recognised from the checkpoint), fanning tiles out to CPU and GPU worker processes. "
+                    "Writes representation_retiled/<tile>.npy (H, W, D) float32 (D = 128, or --dim).",
         formatter_class=HelpFormatter,
         epilog="examples:\n"
                "  infer_all_tiles.sh --tiles-dir my_data/retiled_d_pixel \\\n"
                "      --output-dir my_data/representation_retiled --checkpoint checkpoints/btfm_demo.pt\n"
+               "  infer_all_tiles.sh --tiles-dir T --output-dir O --checkpoint student_medium.pt --dim 64\n"
+               "  infer_all_tiles.sh --tiles-dir T --output-dir O --checkpoint v1_1.pt --stats mpc\n"
                "  infer_all_tiles.sh --tiles-dir T --output-dir O --checkpoint best_model.pt \\\n"
                "      --cpu-gpu-split 1:4 --max-cpu 2 --max-gpu 1 --cores 16 --gpu-batch-size 4096\n",
     )
     parser.add_argument("--tiles-dir", type=Path, required=True, help="retiled_d_pixel folder")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where <tile>.npy go (default: representation_retiled beside --tiles-dir)")
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                        help="model checkpoint of any TESSERA family (v1.0, v1.0 QAT, v1.1, v2 student); the family "
+                             "is recognised from the file")
+    parser.add_argument("--model-family", choices=["auto", *FAMILY_NAMES], default="auto",
+                        help="the family the checkpoint must be (auto: recognise it from the file)")
+    parser.add_argument("--stats", choices=V11_SOURCES, default=None,
+                        help="v1.1 only, for a checkpoint that does not record its data_source: the statistics of "
+                             "the data it was trained on (mpc: Planetary Computer, aws: Earth Search); default: "
+                             "from the run's Sentinel-2 source. A value that contradicts the checkpoint is refused")
+    parser.add_argument("--dim", type=int, choices=MATRYOSHKA_CHOICES, default=None,
+                        help="Matryoshka families (v2) only: write the first DIM embedding dimensions (default: all)")
     parser.add_argument("--cpu-gpu-split", default="1:1", help="share of tiles for CPU:GPU workers")
     parser.add_argument("--max-cpu", type=int, default=1, help="CPU worker processes")
     parser.add_argument("--max-gpu", type=int, default=None,
@@ -116,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads shared by the CPU workers")
     parser.add_argument("--cpu-batch-size", type=int, default=1024, help="pixels per CPU forward pass")
     parser.add_argument("--gpu-batch-size", type=int, default=8192, help="pixels per GPU forward pass")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the observation sampling")
-    parser.add_argument("--repeat", type=int, default=1, help="average this many sampling draws")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the observation sampling (v1.0 families; v1.1 and v2 use every observation)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="average this many sampling draws (v1.0 families only)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="bf16 autocast: about 2x faster on CPUs with AVX-512 bf16 and on GPUs, "
                              "embeddings agree with fp32 to a cosine of about 0.999")
@@ -144,6 +162,8 @@ def _worker_command(plan: WorkerPlan, args: argparse.Namespace, log_dir: Path) -
             "--device", plan.device, "--threads", str(plan.threads),
             "--batch-size", str(plan.batch_size), "--seed", str(args.seed),
             "--repeat", str(args.repeat), "--precision", args.precision, "--engine", args.engine,
+            "--model-family", args.model_family, *(["--stats", args.stats] if args.stats else []),
+            *(["--dim", str(args.dim)] if args.dim else []),
             "--log-file", str(log_dir / f"infer_{plan.name}.log"),
             "-q", "--tiles", *(t.name for t in plan.tiles)]
 
@@ -184,6 +204,41 @@ def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: 
         raise BTFMError(f"worker(s) {', '.join(failed)} failed; see {logs}")
 
 
+def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]) -> torch.nn.Module:
+    """Load ``--checkpoint`` as the driver's check of everything the workers will need.
+
+    Recognises the family (logged), decides v1.1 statistics (the checkpoint's own, ``--stats``,
+    or the run's Sentinel-2 source, which then travels to the workers as ``--stats``) and checks
+    ``--dim`` and the engine against the family.
+
+    Raises:
+        CheckpointError: see :func:`btfm_infer.checkpoint.load_model` and :func:`resolve_stats`.
+        BTFMError: ``--dim`` for a family without Matryoshka dimensions, or one it does not list.
+    """
+    info = inspect_checkpoint(args.checkpoint, family=args.model_family)
+    family = info.family
+    stats = resolve_stats(info, args.stats, str(run_metadata.get("source") or "") or None)
+    if family.stats is None:
+        args.stats = stats.name.removeprefix("v1.1-")
+    if args.dim is not None:
+        if not family.matryoshka:
+            raise BTFMError(f"--dim applies to Matryoshka families (v2 students); {args.checkpoint.name} is "
+                            f"{family.title}, whose {info.config.embedding_dim} dimensions only work together: "
+                            "drop --dim")
+        if args.dim not in info.config.matryoshka_dims:
+            raise BTFMError(f"--dim {args.dim} is not one of this checkpoint's Matryoshka dimensions "
+                            f"{list(info.config.matryoshka_dims)}")
+    if args.engine == "onnxruntime" and family.name != "v1.0":
+        raise BTFMError(f"--engine onnxruntime runs v1.0 checkpoints only; {args.checkpoint.name} is "
+                        f"{family.title}: use --engine torch")
+    model = load_model(args.checkpoint, "cpu", family=args.model_family, stats=stats)
+    rule = (f"{family.input_rule}, seed {args.seed}, repeat {args.repeat}" if family.randomised
+            else f"{family.input_rule} (every valid observation; --seed/--repeat do not apply)")
+    log.info("model: %s, %d-d embedding%s, %s statistics, input rule %s", family.title,
+             info.config.embedding_dim, f" (first {args.dim} written)" if args.dim else "", stats.name, rule)
+    return model
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """Embed all pending tiles; exit 0 on success, 2 on bad input or a failed worker."""
@@ -212,11 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_writable_dir(args.output_dir, "output folder (--output-dir)")
     ensure_writable_dir(log_dir, "log folder (--log-dir)")
     setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)
-    config = load_model(args.checkpoint, "cpu").config.to_dict()  # fail early on a missing or foreign checkpoint
+    # fail early on a missing or foreign checkpoint, undecided statistics or a --dim it cannot give
+    model = load_checked_model(args, read_run_metadata(args.tiles_dir))
+    options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, args.precision, args.engine,
+                               args.model_family, args.stats, args.dim)
     remove_stale_temporaries(args.output_dir)
-    # tiles already there must come from the same checkpoint and sampling settings
-    check_or_write_record(args.output_dir, inference_record(
-        args.checkpoint, config, InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, args.precision)))
+    # tiles already there must come from the same checkpoint, family, statistics and sampling settings
+    check_or_write_record(args.output_dir, inference_record(args.checkpoint, model, options))
     pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
     # validate the tile contract before any work, and count the pixels to embed
     roi_pixels = {tile: int(read_tile(args.tiles_dir / tile.name).roi.sum()) for tile in pending}
@@ -234,7 +291,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if pending and (args.scheduler or args.dask_local):
         from btfm_infer.dask_backend import run_on_dask
 
-        options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, args.precision, args.engine)
         run_on_dask(pending, args.tiles_dir, args.output_dir, args.checkpoint.resolve(), options,
                     scheduler=args.scheduler, local_workers=args.dask_local,
                     threads_per_worker=max(1, args.cores // max(1, args.dask_local or 1)))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from btfm_core.errors import BTFMError
+from btfm_infer.families import Family
 from btfm_infer.model import BTFM
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,12 @@ class OnnxRuntimeBTFM(torch.nn.Module):
                             "pip install -r requirements.txt") from exc
         if next(model.parameters()).device.type != "cpu":
             raise BTFMError("--engine onnxruntime runs on the CPU; use --engine torch for GPU workers")
+        if model.family.name != "v1.0":
+            raise BTFMError(f"--engine onnxruntime runs v1.0 checkpoints only; this one is {model.family.title}: "
+                            "use --engine torch")
         self.model = model
         self.config = model.config
+        self.stats = model.stats
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -67,6 +72,16 @@ class OnnxRuntimeBTFM(torch.nn.Module):
             _export(model, path)
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         log.info("ONNX Runtime %s engine ready (%d threads)", ort.__version__, options.intra_op_num_threads)
+
+    @property
+    def family(self) -> Family:
+        """The wrapped model's family."""
+        return self.model.family
+
+    @property
+    def embedding_dim(self) -> int:
+        """The wrapped model's embedding length."""
+        return self.model.embedding_dim
 
     def forward(self, s2_x: torch.Tensor, s1_x: torch.Tensor) -> torch.Tensor:
         """Embed pixels (same contract as :meth:`BTFM.forward`)."""

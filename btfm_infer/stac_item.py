@@ -46,7 +46,8 @@ class Provenance:
 
     Attributes:
         sources: selected ``run_metadata.json`` entries (:data:`SOURCE_KEYS`).
-        model: checkpoint ``name``, ``sha256``, ``size_bytes`` and model ``config`` dims.
+        model: checkpoint ``name``, ``sha256``, ``size_bytes``, model ``config`` dims and, from the
+            inference record, ``family``, ``embedding_dim``, ``stats``, ``input_rule``, ``int8_rule``.
         start: start of the observation period (UTC), if known.
         end: end of the observation period (UTC, inclusive), if known.
     """
@@ -63,6 +64,9 @@ class Provenance:
             out["BTFM_CHECKPOINT"] = str(self.model.get("name", ""))
             out["BTFM_CHECKPOINT_SHA256"] = str(self.model.get("sha256", ""))
             out["BTFM_MODEL_CONFIG"] = json.dumps(self.model.get("config", {}), sort_keys=True)
+            for key in ("family", "stats", "input_rule", "int8_rule"):
+                if key in self.model:
+                    out[f"BTFM_MODEL_{key.upper()}"] = str(self.model[key])
         if self.sources:
             out["BTFM_SOURCES"] = json.dumps(self.sources, sort_keys=True, default=str)
         if self.start and self.end:
@@ -139,19 +143,22 @@ def parse_period(text: str) -> tuple[dt.datetime, dt.datetime]:
     return start, end
 
 
-def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Name, sha256, size and model dimensions of a checkpoint (loads it with torch, weights only).
+def checkpoint_info(path: str | os.PathLike[str], stats: str | None = None, dim: int | None = None) -> dict[str, Any]:
+    """Name, sha256, size, family and dimensions of a checkpoint (loads it with torch, weights only).
+
+    ``stats`` (v1.1 ``mpc``/``aws``) and ``dim`` are as given to ``infer_all_tiles``; the
+    inference record beside the embedding has them already, so this is for files without one.
 
     Raises:
         CheckpointError: if the file is missing or not a BTFM checkpoint.
     """
     from btfm_infer.checkpoint import load_model  # torch: imported only when a checkpoint is given
-    from btfm_infer.tile_inference import model_summary
+    from btfm_infer.tile_inference import model_record
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check --checkpoint")
-    return model_summary(path, load_model(path, "cpu").config.to_dict())
+    return model_record(path, load_model(path, "cpu", stats=stats), dim)
 
 
 def build_provenance(run_metadata: Mapping[str, Any] | None = None,

@@ -41,11 +41,13 @@ class TileFile:
 
     Attributes:
         tile: its position in ROI pixel offsets.
-        path: the ``.npy`` file, (y1 - y0, x1 - x0, 128) float32.
+        path: the ``.npy`` file, (y1 - y0, x1 - x0, dim) float32.
+        dim: its embedding length (128, or a v2 student's ``--dim``).
     """
 
     tile: TileId
     path: Path
+    dim: int = EMBEDDING_DIM
 
 
 @dataclass(frozen=True)
@@ -75,12 +77,13 @@ def _name_list(names: Iterable[str]) -> str:
     return shown if len(names) <= _MAX_LISTED else f"{shown} and {len(names) - _MAX_LISTED} more"
 
 
-def check_tile_file(path: Path, roi_shape: tuple[int, int]) -> TileFile:
+def check_tile_file(path: Path, roi_shape: tuple[int, int], dim: int | None = EMBEDDING_DIM) -> TileFile:
     """Validate one representation tile file without loading its data.
 
     Args:
         path: ``<x0>_<y0>_<x1>_<y1>.npy``.
         roi_shape: (height, width) of the ROI grid in pixels.
+        dim: Embedding length the file must have (None: any, e.g. ``--dim`` of a v2 student).
 
     Raises:
         TileFormatError: naming the file, if its name does not parse, its window leaves the ROI
@@ -101,14 +104,33 @@ def check_tile_file(path: Path, roi_shape: tuple[int, int]) -> TileFile:
     except (ValueError, OSError, EOFError) as exc:
         raise TileFormatError(f"{path}: not a readable .npy array ({exc}); the file is corrupt or "
                               "truncated, delete it and re-run inference for this tile") from exc
-    expected = (*tile.shape, EMBEDDING_DIM)
-    if array.shape != expected:
+    expected = (*tile.shape, dim if dim is not None else (array.shape[-1] if array.ndim == 3 else EMBEDDING_DIM))
+    if array.shape != expected or expected[2] < 1:
         raise TileFormatError(f"{path}: shape {array.shape}, expected {expected} (rows, columns, "
                               "embedding) from its name; delete it and re-run inference for this tile")
     if array.dtype != np.dtype(np.float32):
         raise TileFormatError(f"{path}: dtype {array.dtype}, expected float32; delete it and re-run "
                               "inference for this tile")
-    return TileFile(tile, path)
+    return TileFile(tile, path, int(array.shape[2]))
+
+
+def _expected_dim(representation_dir: Path, paths: Sequence[Path]) -> int:
+    """Embedding length all tiles must share: the inference record's, else the most common one."""
+    from btfm_infer.tile_inference import read_inference_record
+
+    record = read_inference_record(representation_dir) or {}
+    model = record.get("model") if isinstance(record.get("model"), dict) else {}
+    if isinstance(model.get("embedding_dim"), int):
+        return int(model["embedding_dim"])
+    dims: list[int] = []
+    for path in paths:
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (ValueError, OSError, EOFError):
+            continue  # reported by check_tile_file
+        if len(shape) == 3:
+            dims.append(int(shape[2]))
+    return max(set(dims), key=dims.count) if dims else EMBEDDING_DIM
 
 
 def find_tile_files(representation_dir: Path, roi_shape: tuple[int, int]) -> list[TileFile]:
@@ -124,14 +146,15 @@ def find_tile_files(representation_dir: Path, roi_shape: tuple[int, int]) -> lis
     if not representation_dir.is_dir():
         raise TileFormatError(f"representation folder {representation_dir} does not exist; run "
                               "infer_all_tiles.sh first or pass --representation-dir")
-    files: list[TileFile] = []
+    paths: list[Path] = []
     for path in sorted(representation_dir.iterdir()):
         if path.name.startswith(TMP_PREFIX):
             log.debug("skipping %s: a write in progress or left by an interrupted run", path.name)
             continue
-        if path.suffix != ".npy" or not path.is_file():
-            continue
-        files.append(check_tile_file(path, roi_shape))
+        if path.suffix == ".npy" and path.is_file():
+            paths.append(path)
+    dim = _expected_dim(representation_dir, paths)
+    files = [check_tile_file(path, roi_shape, dim) for path in paths]
     if not files:
         raise TileFormatError(f"representation folder {representation_dir} holds no tile "
                               "(<x0>_<y0>_<x1>_<y1>.npy); run infer_all_tiles.sh first")
@@ -183,7 +206,7 @@ def _copy_tile(out_path: Path, tile_file: TileFile) -> None:
     data = np.load(tile_file.path, mmap_mode="r", allow_pickle=False)
     out = np.lib.format.open_memmap(out_path, mode="r+")
     height, width = tile.shape
-    step = max(1, _COPY_BYTES // (width * EMBEDDING_DIM * 4))
+    step = max(1, _COPY_BYTES // (width * tile_file.dim * 4))
     for row in range(0, height, step):
         stop = min(height, row + step)
         out[tile.y0 + row:tile.y0 + stop, tile.x0:tile.x1] = data[row:stop]
@@ -223,12 +246,12 @@ def stitch(representation_dir: str | os.PathLike[str], roi: Roi | str | os.PathL
     if expected_tiles is not None:
         _check_expected(files, expected_tiles, representation_dir)
     covered = sum(f.tile.shape[0] * f.tile.shape[1] for f in files)
+    dim = files[0].dim
     log.info("stitching %d tile(s) into a %d x %d x %d float32 array (%.2f GB): %s", len(files),
-             height, width, EMBEDDING_DIM, height * width * EMBEDDING_DIM * 4 / 1e9, out_path)
+             height, width, dim, height * width * dim * 4 / 1e9, out_path)
     covered_roi = 0
     with atomic_path(out_path) as tmp:
-        created = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                            shape=(height, width, EMBEDDING_DIM))
+        created = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(height, width, dim))
         del created  # a zero-filled (sparse) file; the tiles are copied in one at a time
         for tile_file in tqdm(files, desc="stitch", unit="tile", file=sys.stderr, disable=None):
             _copy_tile(tmp, tile_file)

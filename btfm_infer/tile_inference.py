@@ -29,13 +29,27 @@ BLOCK_BYTES = 256 * 1024 * 1024
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How to run the model on tiles."""
+    """How to run the model on tiles.
+
+    Attributes:
+        seed: Seed of the random draw (families with the ``sampled-40`` input rule only).
+        repeat: Draws averaged (``sampled-40`` only).
+        batch_size: Pixels per forward pass (memory only).
+        precision: ``fp32`` or ``bf16`` autocast.
+        engine: CPU engine of the forward: torch or onnxruntime (:mod:`btfm_infer.onnx_engine`).
+        family: ``auto`` or the family the checkpoint must be (``--model-family``).
+        stats: v1.1 statistics ``mpc``/``aws`` when the checkpoint does not record them.
+        dim: Embedding dimensions written (Matryoshka families; None = all).
+    """
 
     seed: int = 0
     repeat: int = 1
     batch_size: int = 1024
     precision: str = "fp32"
-    engine: str = "torch"  # CPU engine of the forward: torch or onnxruntime (btfm_infer.onnx_engine)
+    engine: str = "torch"
+    family: str = "auto"
+    stats: str | None = None
+    dim: int | None = None
 
     def autocast(self, device: torch.device) -> torch.autocast:
         """bf16 autocast when asked for (about 2x faster on CPUs with AVX-512 bf16 and on GPUs)."""
@@ -53,10 +67,47 @@ def model_summary(checkpoint: str | os.PathLike[str], config: dict[str, Any]) ->
     return {"name": path.name, "sha256": file_digest(path), "size_bytes": path.stat().st_size, "config": config}
 
 
-def inference_record(checkpoint: Path, config: dict[str, Any], options: InferenceOptions) -> dict[str, Any]:
-    """The record of an inference run: what decides the embeddings' values (not batch size or engine)."""
-    return {"model": model_summary(checkpoint, config),
-            "seed": options.seed, "repeat": options.repeat, "precision": options.precision}
+def model_record(checkpoint: str | os.PathLike[str], model: torch.nn.Module, dim: int | None = None) -> dict[str, Any]:
+    """:func:`model_summary` plus the family, statistics, input rule, int8 rule and dimensions written."""
+    family = model.family
+    return {**model_summary(checkpoint, model.config.to_dict()), "family": family.name, "family_title": family.title,
+            "embedding_dim": dim or int(model.embedding_dim), "stats": model.stats.name,
+            "input_rule": family.input_rule, "int8_rule": family.int8_rule}
+
+
+def output_dim(model: torch.nn.Module, options: InferenceOptions) -> int:
+    """Embedding dimensions written per pixel: ``options.dim`` or the model's whole embedding."""
+    return options.dim or int(model.embedding_dim)
+
+
+def inference_record(checkpoint: Path, model: torch.nn.Module, options: InferenceOptions) -> dict[str, Any]:
+    """The record of an inference run: what decides the embeddings' values (not batch size or engine).
+
+    Besides the checkpoint it names the family, the statistics set, the input rule, the
+    dimensions written and the family's int8 rule; ``seed`` and ``repeat`` are ``"not applicable"``
+    for families without a random draw.
+    """
+    family = model.family
+    not_applicable = "not applicable"
+    return {"model": model_record(checkpoint, model, output_dim(model, options)),
+            "seed": options.seed if family.randomised else not_applicable,
+            "repeat": options.repeat if family.randomised else not_applicable,
+            "precision": options.precision}
+
+
+def _record_difference(previous: Any, record: dict[str, Any]) -> str:
+    """What differs between two inference records, as ``key: before -> now`` (a few)."""
+    if not isinstance(previous, dict):
+        return "the record there is unreadable"
+
+    def flat(rec: dict[str, Any]) -> dict[str, Any]:
+        model = rec.get("model") if isinstance(rec.get("model"), dict) else {}
+        keys = ("name", "sha256", "family", "embedding_dim", "stats")
+        return {**{f"model {k}": model.get(k) for k in keys}, **{k: rec.get(k) for k in ("seed", "repeat", "precision")}}
+
+    before, now = flat(previous), flat(record)
+    changes = [f"{k}: {before[k]} -> {now[k]}" for k in now if before[k] != now[k]]
+    return "; ".join(changes[:3]) or "settings differ"
 
 
 def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> None:
@@ -76,8 +127,8 @@ def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> None:
             return
         if previous is not None or any(Path(output_dir).glob("*.npy")):
             raise BTFMError(f"{output_dir} holds embeddings made with another checkpoint or --seed/--repeat/"
-                            f"--precision (see {path.name}); use another --output-dir, or delete the folder "
-                            "to start again")
+                            f"--precision/--dim/--stats/family ({_record_difference(previous, record)}; see "
+                            f"{path.name}); use another --output-dir, or delete the folder to start again")
     elif any(Path(output_dir).glob("*.npy")):
         log.warning("%s has tiles but no %s (made by an older version?); recording this run's settings",
                     output_dir, INFERENCE_RECORD)
@@ -94,9 +145,13 @@ def read_inference_record(output_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def rows_per_block(width: int, n_s2: int, n_s1: int) -> int:
-    """Rows of a tile read at once so one block stays under :data:`BLOCK_BYTES`."""
-    bytes_per_row = width * (n_s2 * 21 + n_s1 * 4 + EMBEDDING_DIM * 4) + 1
+def rows_per_block(width: int, n_s2: int, n_s1: int, d_model: int = 0) -> int:
+    """Rows of a tile read at once so one block stays under :data:`BLOCK_BYTES`.
+
+    Counts the tile arrays (and their float32 copies), the embedding and, for bucketed
+    families, the two backbone outputs of ``d_model`` floats each.
+    """
+    bytes_per_row = width * (n_s2 * 21 + n_s1 * 12 + EMBEDDING_DIM * 4 + d_model * 8) + 1
     return max(1, BLOCK_BYTES // bytes_per_row)
 
 
@@ -106,11 +161,12 @@ def representation_path(output_dir: Path, tile: TileId) -> Path:
 
 
 def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: InferenceOptions) -> int:
-    """Embed every ROI pixel of a tile; write (H, W, 128) float32 atomically.
+    """Embed every ROI pixel of a tile; write (H, W, D) float32 atomically (D = :func:`output_dim`).
 
-    Pixels outside the ROI, or with all-zero S2 values, are zero vectors. The random draw of
-    observations depends only on ``options.seed``, the tile's position and the row block, so
-    outputs are reproducible whatever the batch size, worker or order of tiles.
+    Pixels outside the ROI are zero vectors, and so are pixels the family cannot embed (v1.0
+    families: all-zero S2 values; v1.1, v2: no S2 and no S1 observation). The random draw of
+    observations (v1.0 families) depends only on ``options.seed``, the tile's position and the
+    row block, so outputs are reproducible whatever the batch size, worker or order of tiles.
 
     Returns:
         Number of ROI pixels embedded.
@@ -119,11 +175,12 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
     arrays = read_tile(tile_dir, mmap=True)
     height, width = arrays.shape
     n_s1 = arrays.sar_ascending.shape[0] + arrays.sar_descending.shape[0]
-    block = rows_per_block(width, arrays.bands.shape[0], n_s1)
+    bucketed = model.family.bucketed
+    block = rows_per_block(width, arrays.bands.shape[0], n_s1, model.config.d_model if bucketed else 0)
+    dim = output_dim(model, options)
     embedded = 0
     with atomic_path(out_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                        shape=(height, width, EMBEDDING_DIM))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(height, width, dim))
         for row0 in range(0, height, block):
             row1 = min(height, row0 + block)
             inside = arrays.roi[row0:row1] != 0
@@ -145,7 +202,7 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
                     seed=options.seed, repeat=options.repeat, batch_size=options.batch_size,
                     seed_key=(tile.x0, tile.y0, row0),
                 )
-            out[row0 + rows, cols] = vectors
+            out[row0 + rows, cols] = vectors[:, :dim]
             embedded += len(rows)
         out.flush()
         del out

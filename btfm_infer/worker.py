@@ -20,7 +20,8 @@ import torch
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId
-from btfm_infer.checkpoint import load_model
+from btfm_infer.checkpoint import V11_SOURCES, load_model
+from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.onnx_engine import ENGINES, with_engine
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--engine", choices=ENGINES, default="torch", help="forward engine on the CPU")
+    parser.add_argument("--model-family", choices=["auto", *FAMILY_NAMES], default="auto")
+    parser.add_argument("--stats", choices=V11_SOURCES, default=None, help="v1.1 statistics")
+    parser.add_argument("--dim", type=int, default=None, help="embedding dimensions written (Matryoshka)")
     parser.add_argument("--log-file", type=Path, default=None)
     add_verbosity(parser)
     return parser
@@ -91,12 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file, args.verbosity)
     torch.set_num_threads(max(1, args.threads))
-    model = load_model(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device, family=args.model_family, stats=args.stats)
     engine = args.engine if torch.device(args.device).type == "cpu" else "torch"
     model = with_engine(model, engine, args.threads)
     tiles = [TileId.parse(name) for name in args.tiles]
-    written, pixels = run_tiles(model, args.tiles_dir, args.output_dir, tiles,
-                                InferenceOptions(args.seed, args.repeat, args.batch_size, args.precision, engine))
+    options = InferenceOptions(args.seed, args.repeat, args.batch_size, args.precision, engine, args.model_family,
+                               args.stats, args.dim)
+    written, pixels = run_tiles(model, args.tiles_dir, args.output_dir, tiles, options)
     print(written, pixels)
     return 0
 

@@ -97,11 +97,11 @@ def test_crash_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     roi_path, npy, _, _ = make_inputs(tmp_path, height=H, width=W, dim=C)
     calls = []
 
-    def failing_quantise(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def failing_quantise(values: np.ndarray, rule: str = "v1.0") -> tuple[np.ndarray, np.ndarray]:
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("killed")
-        return real(values)
+        return real(values, rule)
 
     real = export_zarr.quantise_int8
     monkeypatch.setattr(export_zarr, "quantise_int8", failing_quantise)
