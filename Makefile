@@ -29,8 +29,9 @@ demo: venv  ## run the full chain on the embedded Belgian sample into $(DEMO_DIR
 clean:  ## remove the demo output and caches (keeps .venv)
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
 
-bench: venv  ## inference benchmark: the seed's algorithm vs ours (prints figures, not a test)
+bench: venv  ## inference benchmarks: the seed's algorithm vs ours; the reference's pair-bucketed v1.1/v2 batching vs ours
 	$(VPY) scripts/bench_inference.py --dims both
+	$(VPY) scripts/bench_families.py
 
 train-demo: venv  ## re-train checkpoints/btfm_demo.pt (needs ../shared/data)
 	bash scripts/train_demo.sh

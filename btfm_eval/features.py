@@ -64,7 +64,7 @@ def raw_features(data: PixelSeries) -> np.ndarray:
 def untrained_like(model: BTFM, seed: int = 0) -> BTFM:
     """A randomly initialised model of the same architecture (``torch.manual_seed(seed)``)."""
     torch.manual_seed(seed)
-    return BTFM(model.config).eval()
+    return BTFM(model.config, model.stats).eval()
 
 
 def embedding_features(data: PixelSeries, checkpoint: Path, seed: int = 0,

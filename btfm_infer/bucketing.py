@@ -203,6 +203,7 @@ def embed_bucketed(model: torch.nn.Module, s2_bands: np.ndarray, s2_masks: np.nd
                      tokens, device, dtype, s1_repr)
     for start in range(0, defined.size, batch_size):
         sl = slice(start, start + batch_size)
-        fused = model.fuse(torch.from_numpy(s2_repr[sl]).to(device, dtype), torch.from_numpy(s1_repr[sl]).to(device, dtype))
+        fused = model.fuse(torch.from_numpy(s2_repr[sl]).to(device, dtype),
+                           torch.from_numpy(s1_repr[sl]).to(device, dtype))
         out[defined[sl]] = fused.float().cpu().numpy()
     return out

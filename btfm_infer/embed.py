@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from btfm_core.errors import InputDataError
-from btfm_infer.model import BTFM
 from btfm_infer.bucketing import embed_bucketed
-from btfm_infer.sampling import SEQ_LEN, doys_per_pixel, build_s1_input, build_s2_input
+from btfm_infer.model import BTFM
+from btfm_infer.sampling import SEQ_LEN, build_s1_input, build_s2_input, doys_per_pixel
 
 
 def _check(name: str, arr: np.ndarray, ndim: int | tuple[int, ...], kinds: str) -> np.ndarray:

@@ -67,7 +67,8 @@ def model_summary(checkpoint: str | os.PathLike[str], config: dict[str, Any]) ->
     return {"name": path.name, "sha256": file_digest(path), "size_bytes": path.stat().st_size, "config": config}
 
 
-def model_record(checkpoint: str | os.PathLike[str], model: torch.nn.Module, dim: int | None = None) -> dict[str, Any]:
+def model_record(checkpoint: str | os.PathLike[str], model: torch.nn.Module,
+                 dim: int | None = None) -> dict[str, Any]:
     """:func:`model_summary` plus the family, statistics, input rule, int8 rule and dimensions written."""
     family = model.family
     return {**model_summary(checkpoint, model.config.to_dict()), "family": family.name, "family_title": family.title,
@@ -103,7 +104,8 @@ def _record_difference(previous: Any, record: dict[str, Any]) -> str:
     def flat(rec: dict[str, Any]) -> dict[str, Any]:
         model = rec.get("model") if isinstance(rec.get("model"), dict) else {}
         keys = ("name", "sha256", "family", "embedding_dim", "stats")
-        return {**{f"model {k}": model.get(k) for k in keys}, **{k: rec.get(k) for k in ("seed", "repeat", "precision")}}
+        sampling = {k: rec.get(k) for k in ("seed", "repeat", "precision")}
+        return {**{f"model {k}": model.get(k) for k in keys}, **sampling}
 
     before, now = flat(previous), flat(record)
     changes = [f"{k}: {before[k]} -> {now[k]}" for k in now if before[k] != now[k]]

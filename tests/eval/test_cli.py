@@ -137,3 +137,15 @@ def test_help_and_missing_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0 and "prepare-eolearn" in capsys.readouterr().out
     assert main([]) == 1
+
+
+@pytest.mark.parametrize("checkpoint", ["v2_student/student_v2_student.pt", "v1_1_mpc/v1_1_mpc.pt",
+                                        "v1_0_qat/v1_0_qat.pt"])
+def test_every_model_family_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint: str) -> None:
+    golden = Path(__file__).resolve().parents[1] / "data" / "reference_models"
+    code, stdout, _ = run(["table", "--table", str(WORLDCEREAL), "--class-mapping", str(MAPPING),
+                           "--models", "logreg", "--splits", "kfold", "--checkpoint", str(golden / checkpoint),
+                           "--out", str(tmp_path / "wc"), *FAST], capsys)
+    assert code == 0 and stdout.startswith("classification: embeddings+")
+    result = json.loads((tmp_path / "wc" / "results.json").read_text())
+    assert set(result["feature_sets"]) == {"embeddings", "untrained", "raw"}

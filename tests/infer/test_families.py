@@ -219,14 +219,14 @@ def _raw(folder: str) -> dict:
 
 def test_teacher_is_refused_naming_the_students(tmp_path: Path) -> None:
     path = _save(tmp_path / "teacher.pt", {"encoder_state_dict": {"w": torch.zeros(2)}})
-    with pytest.raises(CheckpointError, match="v2 teacher.*student_medium.pt"):
+    with pytest.raises(CheckpointError, match=r"v2 teacher.*student_medium\.pt"):
         load_model(path)
 
 
 def test_unknown_family_lists_keys(tmp_path: Path) -> None:
     state = {k: v for k, v in _raw("v2_student")["model"].items()}
     path = _save(tmp_path / "bare_v2.pt", state)  # a v2 student without its args
-    with pytest.raises(CheckpointError, match="no known TESSERA family.*temporal_context"):
+    with pytest.raises(CheckpointError, match=r"no known TESSERA family.*temporal_context"):
         load_model(path)
 
 
