@@ -231,12 +231,17 @@ def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]
     if args.engine == "onnxruntime" and family.name != "v1.0":
         raise BTFMError(f"--engine onnxruntime runs v1.0 checkpoints only; {args.checkpoint.name} is "
                         f"{family.title}: use --engine torch")
-    model = load_model(args.checkpoint, "cpu", family=args.model_family, stats=stats)
+    return load_model(args.checkpoint, "cpu", family=args.model_family, stats=stats)
+
+
+def describe_model(model: torch.nn.Module, args: argparse.Namespace) -> str:
+    """One log line: family, dimensions, statistics and input rule of the run's model."""
+    family = model.family
     rule = (f"{family.input_rule}, seed {args.seed}, repeat {args.repeat}" if family.randomised
             else f"{family.input_rule} (every valid observation; --seed/--repeat do not apply)")
-    log.info("model: %s, %d-d embedding%s, %s statistics, input rule %s", family.title,
-             info.config.embedding_dim, f" (first {args.dim} written)" if args.dim else "", stats.name, rule)
-    return model
+    written = f" (first {args.dim} written)" if args.dim else ""
+    return (f"model: {family.title}, {model.embedding_dim}-d embedding{written}, {model.stats.name} statistics, "
+            f"input rule {rule}")
 
 
 @entry_point
@@ -264,11 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BTFMError("--precision bf16 applies to the torch engine; use --engine torch with it, or fp32 "
                         "with --engine onnxruntime")
     tiles = list_tiles(args.tiles_dir)
+    # fail before creating anything on a missing or foreign checkpoint, undecided statistics or a bad --dim
+    model = load_checked_model(args, read_run_metadata(args.tiles_dir))
     ensure_writable_dir(args.output_dir, "output folder (--output-dir)")
     ensure_writable_dir(log_dir, "log folder (--log-dir)")
     setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)
-    # fail early on a missing or foreign checkpoint, undecided statistics or a --dim it cannot give
-    model = load_checked_model(args, read_run_metadata(args.tiles_dir))
+    log.info("%s", describe_model(model, args))
     options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, args.precision, args.engine,
                                args.model_family, args.stats, args.dim)
     remove_stale_temporaries(args.output_dir)

@@ -91,8 +91,13 @@ def test_int8_export_equals_the_reference(tmp_path: Path, folder: str) -> None:
     assert convert_npy2tiff.main(["--npy", str(tmp_path / "stitched_representation.npy"), "--ref-tiff",
                                   str(tmp_path / "roi.tiff"), "--out", str(tif), "--dtype", "int8", "--no-png",
                                   "-q"]) == 0
+    item = json.loads((tmp_path / "emb.stac.json").read_text())
+    model = item["properties"]["btfm:model"]
+    assert model["family"] == ("v2" if folder.startswith("v2") else "v1.1") and model["embedding_dim"] == 128
+    assert model["stats"] and model["input_rule"].startswith("bucketed") and model["seed"] == "not applicable"
     with rasterio.open(tif) as src:
         codes = np.moveaxis(src.read(), 0, -1)
+        assert src.tags()["BTFM_MODEL_FAMILY"] == model["family"]
     with rasterio.open(tmp_path / "emb_scales.tif") as src:
         scales = src.read(1)
     for name in TILES:
@@ -246,7 +251,7 @@ def _run_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], ckpt: Path, *ex
         make_run(tmp_path / "run")
     out = tmp_path / "run" / "out"
     assert infer(tiles_dir, out, ckpt, *extra) == 2
-    assert not list(out.glob("*.npy")) if out.exists() else True
+    assert not out.exists()  # nothing written, not even the folder
     return capsys.readouterr().err
 
 
