@@ -1,4 +1,4 @@
-"""Embed pixels: sample time steps, normalise, run BTFM, average repeats (DESIGN §4).
+"""Embed pixels: build the family's inputs (40 draws, DESIGN §4; or all observations, §9), run the model.
 
 This is the one path that tile inference, training-time evaluation and users share.
 
@@ -88,13 +88,17 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
                  s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray, s1_desc_doys: np.ndarray,
                  *, seed: int = 0, repeat: int = 1, batch_size: int = 1024, device: str | torch.device | None = None,
                  seed_key: Sequence[int] = (), sample_block: int = 1024) -> np.ndarray:
-    """Embed pixel time series with BTFM.
+    """Embed pixel time series with a model of any TESSERA family, by the family's input rule.
 
-    Per pixel and repeat, 40 S2 and 40 S1 steps are drawn by the documented rule
-    (:mod:`btfm_infer.sampling`), standardised, and run through the model; ``repeat`` R > 1
-    averages R independent draws. Pixels whose S2 values are all zero over all T (and all pixels
-    when T == 0) get a zero vector without running the model. Inputs may be numpy memmaps: only
-    one block of ``sample_block`` pixels is copied at a time.
+    v1.0 families (``sampled-40``): per pixel and repeat, 40 S2 and 40 S1 steps are drawn by the
+    documented rule (:mod:`btfm_infer.sampling`), standardised, and run through the model;
+    ``repeat`` R > 1 averages R independent draws. Pixels whose S2 values are all zero over all T
+    (and all pixels when T == 0) get a zero vector without running the model. Inputs may be numpy
+    memmaps: only one block of ``sample_block`` pixels is copied at a time.
+
+    v1.1 and v2 (``bucketed-*``): every valid observation, bucketed and resampled
+    deterministically (:mod:`btfm_infer.bucketing`); ``seed``, ``repeat``, ``seed_key`` and
+    ``sample_block`` do not apply, and only pixels without any S2 or S1 observation are zero.
 
     Args:
         model: A :class:`~btfm_infer.model.BTFM` (eval mode is used and the previous mode restored).
