@@ -427,7 +427,8 @@ def resolve_stats(info: CheckpointInfo, stats: str | None = None, run_s2_source:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", *, nhead: int | None = None,
-               family: str = "auto", stats: str | NormStats | None = None) -> BTFM:
+               family: str = "auto", stats: str | NormStats | None = None,
+               run_s2_source: str | None = None) -> BTFM:
     """Load a checkpoint of any TESSERA family for inference.
 
     Args:
@@ -439,6 +440,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, nhead: i
         family: ``auto`` (recognise the file) or the family the file must be.
         stats: v1.1 only: ``mpc``, ``aws`` or a :class:`NormStats` when the checkpoint does not
             record its ``data_source`` (see :func:`resolve_stats`).
+        run_s2_source: v1.1 only: the run's recorded Sentinel-2 source, the last resort of
+            :func:`resolve_stats`.
 
     Returns:
         The model in eval mode on ``device`` with ``.family``, ``.embedding_dim`` and ``.stats``;
@@ -450,7 +453,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, nhead: i
     """
     path = Path(path)
     info, state = _inspect(_read(path), path, family, nhead)
-    norm = stats if isinstance(stats, NormStats) else resolve_stats(info, stats)
+    norm = stats if isinstance(stats, NormStats) else resolve_stats(info, stats, run_s2_source)
     model = BTFM(info.config, norm)
     report = _mismatch_report(model, state)
     if report:

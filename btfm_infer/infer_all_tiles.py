@@ -25,7 +25,7 @@ from btfm_core.errors import BTFMError
 from btfm_core.fileio import ensure_writable_dir, remove_stale_temporaries
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId, list_tiles, read_run_metadata, read_tile
-from btfm_infer.checkpoint import V11_SOURCES, inspect_checkpoint, load_model, resolve_stats
+from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.onnx_engine import ENGINES
 from btfm_infer.tile_inference import (
@@ -215,23 +215,23 @@ def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]
         CheckpointError: see :func:`btfm_infer.checkpoint.load_model` and :func:`resolve_stats`.
         BTFMError: ``--dim`` for a family without Matryoshka dimensions, or one it does not list.
     """
-    info = inspect_checkpoint(args.checkpoint, family=args.model_family)
-    family = info.family
-    stats = resolve_stats(info, args.stats, str(run_metadata.get("source") or "") or None)
-    if family.stats is None:
-        args.stats = stats.name.removeprefix("v1.1-")
+    model = load_model(args.checkpoint, "cpu", family=args.model_family, stats=args.stats,
+                       run_s2_source=str(run_metadata.get("source") or "") or None)
+    family, config = model.family, model.config
+    if family.stats is None:  # the statistics decided here travel to the workers
+        args.stats = model.stats.name.removeprefix("v1.1-")
     if args.dim is not None:
         if not family.matryoshka:
             raise BTFMError(f"--dim applies to Matryoshka families (v2 students); {args.checkpoint.name} is "
-                            f"{family.title}, whose {info.config.embedding_dim} dimensions only work together: "
+                            f"{family.title}, whose {config.embedding_dim} dimensions only work together: "
                             "drop --dim")
-        if args.dim not in info.config.matryoshka_dims:
+        if args.dim not in config.matryoshka_dims:
             raise BTFMError(f"--dim {args.dim} is not one of this checkpoint's Matryoshka dimensions "
-                            f"{list(info.config.matryoshka_dims)}")
+                            f"{list(config.matryoshka_dims)}")
     if args.engine == "onnxruntime" and family.name != "v1.0":
         raise BTFMError(f"--engine onnxruntime runs v1.0 checkpoints only; {args.checkpoint.name} is "
                         f"{family.title}: use --engine torch")
-    return load_model(args.checkpoint, "cpu", family=args.model_family, stats=stats)
+    return model
 
 
 def describe_model(model: torch.nn.Module, args: argparse.Namespace) -> str:
