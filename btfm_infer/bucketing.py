@@ -29,9 +29,10 @@ import torch
 
 from btfm_infer.families import NormStats
 from btfm_infer.sampling import SEQ_LEN
+from btfm_infer.unique_tokens import encode_distinct
 
-__all__ = ["DEFAULT_BUCKETS", "bucket_lengths", "embed_bucketed", "resample_indices", "s1_series",
-           "sequence_batch", "tokens_per_batch"]
+__all__ = ["DEFAULT_BUCKETS", "bucket_lengths", "bucket_steps", "compute_itemsize", "embed_bucketed",
+           "fuse_in_batches", "resample_indices", "s1_series", "sequence_batch", "tokens_per_batch"]
 
 #: Sequence lengths observation counts are rounded up to (v1.1 ``num_obs_checkpoints``, v2 bins).
 DEFAULT_BUCKETS = tuple(range(8, 257, 8))
@@ -151,40 +152,96 @@ def s1_series(stats: NormStats, asc: np.ndarray, asc_doys: np.ndarray, desc: np.
 
 #: Activation bytes of one CPU batch's widest layer (the FFN): larger batches fall out of the CPU's
 #: caches and run slower per token (measured: a v2 Medium-class backbone at 48 steps takes 2.9 ms
-#: per pixel in batches of 64 pixels and 4.6 ms in batches of 853 on a 2-core Xeon).
+#: per pixel in batches of 64 pixels and 4.6 ms in batches of 853 on a 2-core Xeon; v1.0 official
+#: dims in bf16 ran 1.35x faster in batches of 64 pixels than of 1024).
 CPU_BATCH_BYTES = 16 * 1024 * 1024
 
+#: Pixels of a bucketed family embedded between two progress reports (results do not depend on it).
+PIXELS_PER_CHUNK = 4096
 
-def tokens_per_batch(batch_size: int, dim_feedforward: int, device: torch.device) -> int:
+
+def compute_itemsize(device: torch.device, dtype: torch.dtype) -> int:
+    """Bytes per activation value: the autocast dtype's where autocast is on, else ``dtype``'s."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type).itemsize
+    return dtype.itemsize
+
+
+def tokens_per_batch(batch_size: int, dim_feedforward: int, device: torch.device, itemsize: int = 4) -> int:
     """Tokens (pixels × steps) per backbone forward: ``batch_size`` pixels of 40 steps, capped on the CPU.
 
-    On the CPU the cap keeps the FFN activations near :data:`CPU_BATCH_BYTES`; GPUs take the
-    whole ``batch_size`` × 40.
+    On the CPU the cap keeps the FFN activations (``itemsize`` bytes each) near
+    :data:`CPU_BATCH_BYTES`; GPUs take the whole ``batch_size`` × 40.
     """
     tokens = batch_size * SEQ_LEN
     if device.type == "cpu":
-        tokens = min(tokens, max(256, CPU_BATCH_BYTES // (4 * dim_feedforward)))
+        tokens = min(tokens, max(256, CPU_BATCH_BYTES // (itemsize * dim_feedforward)))
     return tokens
 
 
-def _encode_backbone(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndarray, valid: np.ndarray,
-                     rule: str, buckets: tuple[int, ...], tokens_per_batch: int, device: torch.device,
-                     dtype: torch.dtype, out: np.ndarray) -> None:
-    """Run one backbone over every pixel, batched by that backbone's own bucket length."""
-    lengths = bucket_lengths(valid.sum(axis=1), rule, buckets)
+def bucket_steps(valid: np.ndarray, rule: str, buckets: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The steps each pixel feeds a backbone, grouped by bucket length.
+
+    Args:
+        valid: (N, T) bool valid steps.
+        rule: ``bucketed-v1.1`` or ``bucketed-v2``.
+        buckets: Increasing bucket lengths.
+
+    Returns:
+        Per bucket length L: (pixels (G,) indices into N, steps (G, L) int64 indices into
+        0..T, where T stands for an all-zero step: the input of a pixel without a valid step).
+    """
+    t = valid.shape[1]
+    counts = valid.sum(axis=1)
+    lengths = bucket_lengths(counts, rule, buckets)
+    positions = np.argsort(~valid, axis=1, kind="stable")  # valid steps first, in time order
+    groups = []
     for length in np.unique(lengths):
         pixels = np.flatnonzero(lengths == length)
-        per_batch = max(1, tokens_per_batch // int(length))
-        for start in range(0, pixels.size, per_batch):
-            chunk = pixels[start:start + per_batch]
-            x = sequence_batch(values[chunk], doys[chunk], valid[chunk], rule, int(length))
-            out[chunk] = backbone(torch.from_numpy(x).to(device, dtype)).float().cpu().numpy()
+        steps = np.full((pixels.size, int(length)), t, dtype=np.int64)
+        for n in np.unique(counts[pixels]):
+            if n == 0:
+                continue
+            rows = np.flatnonzero(counts[pixels] == n)
+            steps[rows] = positions[pixels[rows]][:, resample_indices(rule, int(n), int(length))]
+        groups.append((pixels, steps))
+    return groups
+
+
+def _encode_backbone(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndarray, valid: np.ndarray,
+                     rule: str, buckets: tuple[int, ...], tokens: int, device: torch.device,
+                     dtype: torch.dtype) -> np.ndarray:
+    """(N, d_model) outputs of one backbone, batched by its own bucket length, on distinct steps only."""
+    n, _, c = values.shape
+    values = np.concatenate([values, np.zeros((n, 1, c), np.float32)], axis=1)  # step T: all zero
+    doys = np.concatenate([doys, np.zeros((n, 1), np.float32)], axis=1)
+    out = np.empty((n, backbone.d_model), dtype=np.float32)
+    for pixels, steps in bucket_steps(valid, rule, buckets):
+        out[pixels] = encode_distinct(backbone, values[pixels], doys[pixels], steps, tokens_per_batch=tokens,
+                                      device=device, dtype=dtype)
+    return out
+
+
+def fuse_in_batches(model: torch.nn.Module, s2_repr: np.ndarray, s1_repr: np.ndarray, batch_size: int,
+                    device: torch.device, dtype: torch.dtype) -> np.ndarray:
+    """(N, embedding_dim) float32 ``model.fuse`` of (N, d_model) backbone outputs, ``batch_size`` at a time."""
+    out = np.empty((s2_repr.shape[0], model.config.embedding_dim), dtype=np.float32)
+    for start in range(0, s2_repr.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        fused = model.fuse(torch.from_numpy(s2_repr[sl]).to(device, dtype),
+                           torch.from_numpy(s1_repr[sl]).to(device, dtype))
+        out[sl] = fused.float().cpu().numpy()
+    return out
 
 
 def embed_bucketed(model: torch.nn.Module, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
                    s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray, s1_desc_doys: np.ndarray,
-                   *, batch_size: int, device: torch.device, dtype: torch.dtype) -> np.ndarray:
+                   *, batch_size: int, device: torch.device, dtype: torch.dtype,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Embed pixels with a bucketed family (v1.1, v2): all valid observations, no randomness.
+
+    Each backbone runs on each pixel's distinct steps only (:mod:`btfm_infer.unique_tokens`),
+    :data:`PIXELS_PER_CHUNK` pixels at a time.
 
     Args:
         model: A :class:`~btfm_infer.model.BTFM` of a bucketed family, with ``stats`` set.
@@ -195,34 +252,44 @@ def embed_bucketed(model: torch.nn.Module, s2_bands: np.ndarray, s2_masks: np.nd
         s1_asc_doys: (N, T'a) day of year.
         s1_desc: (N, T'd, 2) raw S1 descending values.
         s1_desc_doys: (N, T'd) day of year.
-        batch_size: Pixels of 40 steps per forward pass; longer buckets get proportionally fewer
-            pixels, so a batch holds about ``batch_size × 40`` tokens (on the CPU at most
-            :func:`tokens_per_batch`, which is faster there).
+        batch_size: Pixels of 40 steps per forward pass; a batch holds about ``batch_size × 40``
+            tokens (on the CPU at most :func:`tokens_per_batch`, which is faster there).
         device: The model's device.
         dtype: The model's parameter dtype.
+        progress: Called with the number of pixels finished after each chunk.
 
     Returns:
         (N, embedding_dim) float32; zero for pixels without any S2 or S1 observation.
     """
-    stats, cfg = model.stats, model.config
-    rule, buckets = model.family.input_rule, cfg.buckets or DEFAULT_BUCKETS
+    cfg = model.config
     n = s2_bands.shape[0]
     out = np.zeros((n, cfg.embedding_dim), dtype=np.float32)
+    tokens = tokens_per_batch(batch_size, cfg.dim_feedforward, device, compute_itemsize(device, dtype))
+    for start in range(0, n, PIXELS_PER_CHUNK):
+        sl = slice(start, min(n, start + PIXELS_PER_CHUNK))
+        out[sl] = _embed_bucketed_chunk(model, s2_bands[sl], s2_masks[sl], s2_doys[sl], s1_asc[sl], s1_asc_doys[sl],
+                                        s1_desc[sl], s1_desc_doys[sl], batch_size, tokens, device, dtype)
+        if progress is not None:
+            progress(sl.stop - sl.start)
+    return out
+
+
+def _embed_bucketed_chunk(model: torch.nn.Module, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
+                          s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray,
+                          s1_desc_doys: np.ndarray, batch_size: int, tokens: int, device: torch.device,
+                          dtype: torch.dtype) -> np.ndarray:
+    """:func:`embed_bucketed` of one chunk of pixels."""
+    stats, cfg = model.stats, model.config
+    rule, buckets = model.family.input_rule, cfg.buckets or DEFAULT_BUCKETS
+    out = np.zeros((s2_bands.shape[0], cfg.embedding_dim), dtype=np.float32)
     s2_valid = np.asarray(s2_masks) != 0
     s1_values, s1_doys, s1_valid = s1_series(stats, s1_asc, s1_asc_doys, s1_desc, s1_desc_doys)
     defined = np.flatnonzero(s2_valid.any(axis=1) | s1_valid.any(axis=1))
     if defined.size == 0:
         return out
-    tokens = tokens_per_batch(batch_size, cfg.dim_feedforward, device)
-    s2_repr = np.empty((defined.size, cfg.d_model), dtype=np.float32)
-    s1_repr = np.empty((defined.size, cfg.d_model), dtype=np.float32)
-    _encode_backbone(model.s2_backbone, stats.standardise_s2(np.asarray(s2_bands)[defined]), s2_doys[defined],
-                     s2_valid[defined], rule, buckets, tokens, device, dtype, s2_repr)
-    _encode_backbone(model.s1_backbone, s1_values[defined], s1_doys[defined], s1_valid[defined], rule, buckets,
-                     tokens, device, dtype, s1_repr)
-    for start in range(0, defined.size, batch_size):
-        sl = slice(start, start + batch_size)
-        fused = model.fuse(torch.from_numpy(s2_repr[sl]).to(device, dtype),
-                           torch.from_numpy(s1_repr[sl]).to(device, dtype))
-        out[defined[sl]] = fused.float().cpu().numpy()
+    s2_repr = _encode_backbone(model.s2_backbone, stats.standardise_s2(np.asarray(s2_bands)[defined]),
+                               s2_doys[defined], s2_valid[defined], rule, buckets, tokens, device, dtype)
+    s1_repr = _encode_backbone(model.s1_backbone, s1_values[defined], s1_doys[defined], s1_valid[defined], rule,
+                               buckets, tokens, device, dtype)
+    out[defined] = fuse_in_batches(model, s2_repr, s1_repr, batch_size, device, dtype)
     return out

@@ -9,28 +9,30 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from btfm_core.errors import BTFMError
 from btfm_core.tiles import TileId
-from btfm_infer.checkpoint import load_model
-from btfm_infer.onnx_engine import with_engine
+from btfm_infer.progress import PixelProgress
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
+from btfm_infer.worker import load_worker_model
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two looks at the cluster's finished tasks (for the progress lines).
+POLL_INTERVAL_S = 0.5
+
 
 @functools.lru_cache(maxsize=2)
-def _worker_model(checkpoint: str, threads: int, engine: str = "torch", family: str = "auto",
-                  stats: str | None = None) -> torch.nn.Module:
-    """The model, loaded once per worker process (on the CPU, with the chosen engine)."""
+def _worker_model(checkpoint: str, threads: int, options: InferenceOptions) -> torch.nn.Module:
+    """The model, loaded once per worker process (on the CPU, with the chosen precision and engine)."""
     torch.set_num_threads(threads)
-    return with_engine(load_model(checkpoint, "cpu", family=family, stats=stats), engine, threads)
+    return load_worker_model(checkpoint, "cpu", options, threads)
 
 
 def embed_tile_task(tiles_dir: str, output_dir: str, checkpoint: str, tile_name: str,
@@ -39,20 +41,50 @@ def embed_tile_task(tiles_dir: str, output_dir: str, checkpoint: str, tile_name:
     out = representation_path(Path(output_dir), TileId.parse(tile_name))
     if out.exists():
         return 0
-    model = _worker_model(checkpoint, threads, options.engine, options.family, options.stats)
+    model = _worker_model(checkpoint, threads, options)
     return infer_tile(model, Path(tiles_dir) / tile_name, out, options)
+
+
+def _collect(futures: Sequence[Any], as_completed: type, reporter: PixelProgress) -> int:
+    """Sum the pixels the tasks return as they finish, updating ``reporter`` every poll.
+
+    Raises:
+        BTFMError: a task failed.
+    """
+    pixels = done = 0
+    queue = as_completed(futures)
+    while not queue.is_empty():
+        ready = queue.next_batch(block=False)
+        if not ready:
+            time.sleep(POLL_INTERVAL_S)
+        for future in ready:
+            try:
+                pixels += future.result()
+            except Exception as exc:
+                raise BTFMError(f"tile {future.key.removeprefix('btfm-')} failed on the cluster: {exc}") from exc
+            done += 1
+        reporter.update({"dask": pixels}, done)
+    return pixels
 
 
 def run_on_dask(tiles: Sequence[TileId], tiles_dir: Path, output_dir: Path, checkpoint: Path,
                 options: InferenceOptions, *, scheduler: str | None = None, local_workers: int = 0,
-                threads_per_worker: int = 1, connect_timeout_s: float = 20.0) -> int:
+                threads_per_worker: int = 1, connect_timeout_s: float = 20.0, total_pixels: int | None = None,
+                log_interval_s: float | None = None) -> int:
     """Embed ``tiles`` on a Dask cluster; return the number of pixels embedded.
+
+    Progress (:class:`~btfm_infer.progress.PixelProgress`: a bar on a terminal, else a log line
+    every ``log_interval_s`` seconds) moves one tile at a time, by the pixels each finished task
+    returns: finer progress inside a tile is not reported from the cluster.
 
     Args:
         scheduler: address of a running scheduler (``tcp://host:8786``).
         local_workers: start a local cluster of this many worker processes instead.
         threads_per_worker: torch threads per worker.
         connect_timeout_s: how long to wait for ``scheduler``.
+        total_pixels: ROI pixels of ``tiles``, the total of the progress (None: count tiles only).
+        log_interval_s: seconds between progress log lines (default
+            :data:`~btfm_infer.progress.PROGRESS_LOG_INTERVAL_S`).
 
     Raises:
         BTFMError: if distributed is not installed, the scheduler cannot be reached, or a task fails.
@@ -78,13 +110,11 @@ def run_on_dask(tiles: Sequence[TileId], tiles_dir: Path, output_dir: Path, chec
         futures = [client.submit(embed_tile_task, str(tiles_dir), str(output_dir), str(checkpoint), tile.name,
                                  options, threads_per_worker, key=f"btfm-{tile.name}", pure=False)
                    for tile in tiles]
-        with tqdm(total=len(futures), desc="tiles", unit="tile", file=sys.stderr) as bar:
-            for future in as_completed(futures):
-                try:
-                    pixels += future.result()
-                except Exception as exc:
-                    raise BTFMError(f"tile {future.key.removeprefix('btfm-')} failed on the cluster: {exc}") from exc
-                bar.update()
+        reporter = PixelProgress(total_pixels, len(futures), log_interval_s=log_interval_s, logger=log)
+        try:
+            pixels = _collect(futures, as_completed, reporter)
+        finally:
+            reporter.close()
     finally:
         client.close()
         if cluster is not None:

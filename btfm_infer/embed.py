@@ -12,15 +12,16 @@ length of ``seed_key`` is part of the seed so that, e.g., keys ``(5,)`` and ``(5
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from btfm_core.errors import InputDataError
-from btfm_infer.bucketing import embed_bucketed
+from btfm_infer.bucketing import compute_itemsize, embed_bucketed, fuse_in_batches, s1_series, tokens_per_batch
 from btfm_infer.model import BTFM
-from btfm_infer.sampling import SEQ_LEN, build_s1_input, build_s2_input, doys_per_pixel
+from btfm_infer.sampling import SEQ_LEN, build_s1_input, build_s2_input, doys_per_pixel, sample_indices
+from btfm_infer.unique_tokens import encode_distinct
 
 
 def _check(name: str, arr: np.ndarray, ndim: int | tuple[int, ...], kinds: str) -> np.ndarray:
@@ -69,7 +70,7 @@ def _model_device(model: BTFM, device: str | torch.device | None) -> torch.devic
 def _embed_all_observations(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
                             s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray,
                             s1_desc_doys: np.ndarray, batch_size: int, device: torch.device,
-                            dtype: torch.dtype) -> np.ndarray:
+                            dtype: torch.dtype, progress: Callable[[int], None] | None) -> np.ndarray:
     """The bucketed families' path (v1.1, v2): whole arrays, checked, days broadcast per pixel."""
     if model.stats is None:
         raise InputDataError(f"this {model.family.title} model has no normalisation statistics yet: load it with "
@@ -81,13 +82,60 @@ def _embed_all_observations(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndar
     days = [doys_per_pixel(d, n, a.shape[1]) for d, a in ((s2_doys, arrays[0]), (s1_asc_doys, arrays[2]),
                                                      (s1_desc_doys, arrays[3]))]
     return embed_bucketed(model, arrays[0], arrays[1], days[0], arrays[2], days[1], arrays[3], days[2],
-                          batch_size=batch_size, device=device, dtype=dtype)
+                          batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+
+
+def _embed_sampled(model: torch.nn.Module, bands: np.ndarray, masks: np.ndarray, s2_doys: np.ndarray,
+                   asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray, desc_doys: np.ndarray,
+                   rngs: Sequence[np.random.Generator], batch_size: int, device: torch.device,
+                   dtype: torch.dtype) -> np.ndarray:
+    """The ``sampled-40`` families' embedding of one block, averaged over one draw per generator.
+
+    A :class:`~btfm_infer.model.BTFM` runs each backbone on the distinct drawn steps only
+    (:mod:`btfm_infer.unique_tokens`); other engines (ONNX Runtime) run the 40 steps as drawn.
+
+    Returns:
+        (N, embedding_dim) float32.
+    """
+    n = bands.shape[0]
+    acc = np.zeros((n, model.config.embedding_dim), dtype=np.float64)
+    if not isinstance(model, BTFM):
+        for rng in rngs:
+            x2 = build_s2_input(bands, masks, s2_doys, rng, SEQ_LEN)
+            x1 = build_s1_input(asc, asc_doys, desc, desc_doys, rng, SEQ_LEN)
+            for i in range(0, n, batch_size):
+                y = model(torch.from_numpy(x2[i:i + batch_size]).to(device, dtype),
+                          torch.from_numpy(x1[i:i + batch_size]).to(device, dtype))
+                acc[i:i + batch_size] += y.float().cpu().numpy()
+        return (acc / len(rngs)).astype(np.float32)
+    stats, cfg = model.stats, model.config
+    tokens = tokens_per_batch(batch_size, cfg.dim_feedforward, device, compute_itemsize(device, dtype))
+    s2_values, s2_days = stats.standardise_s2(bands), doys_per_pixel(s2_doys, n, bands.shape[1])
+    s2_valid = np.asarray(masks) != 0
+    ta, td = asc.shape[1], desc.shape[1]
+    if ta + td:
+        s1_values, s1_days, s1_valid = s1_series(stats, asc, doys_per_pixel(asc_doys, n, ta), desc,
+                                                 doys_per_pixel(desc_doys, n, td))
+    else:  # no S1 at all: 40 "no data" steps (raw 0 standardised, day 0), see standardised_no_data_s1
+        s1_values = stats.standardise_s1(np.zeros((n, 1, cfg.s1_bands), np.float32), "ascending")
+        s1_days, s1_valid = np.zeros((n, 1), np.float32), None
+    for rng in rngs:
+        s2_steps = sample_indices(s2_valid, SEQ_LEN, rng)
+        s1_steps = (sample_indices(s1_valid, SEQ_LEN, rng) if s1_valid is not None
+                    else np.zeros((n, SEQ_LEN), np.int64))
+        s2_repr = encode_distinct(model.s2_backbone, s2_values, s2_days, s2_steps, tokens_per_batch=tokens,
+                                  device=device, dtype=dtype)
+        s1_repr = encode_distinct(model.s1_backbone, s1_values, s1_days, s1_steps, tokens_per_batch=tokens,
+                                  device=device, dtype=dtype)
+        acc += fuse_in_batches(model, s2_repr, s1_repr, batch_size, device, dtype)
+    return (acc / len(rngs)).astype(np.float32)
 
 
 def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
                  s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray, s1_desc_doys: np.ndarray,
                  *, seed: int = 0, repeat: int = 1, batch_size: int = 1024, device: str | torch.device | None = None,
-                 seed_key: Sequence[int] = (), sample_block: int = 1024) -> np.ndarray:
+                 seed_key: Sequence[int] = (), sample_block: int = 1024,
+                 progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Embed pixel time series with a model of any TESSERA family, by the family's input rule.
 
     v1.0 families (``sampled-40``): per pixel and repeat, 40 S2 and 40 S1 steps are drawn by the
@@ -116,6 +164,8 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
         seed_key: Non-negative integers mixed into the seed (tile inference passes the tile's
             position, so tiles are independent of processing order).
         sample_block: Pixels per sampling block (part of the reproducibility contract).
+        progress: Called with the number of pixels just finished (zero vectors included), as
+            the work goes on; the increments add up to N.
 
     Returns:
         (N, embedding_dim) float32 embeddings (embedding_dim is 128 for BTFM).
@@ -161,13 +211,15 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
         with torch.inference_mode():
             if bucketed:
                 return _embed_all_observations(model, s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc,
-                                               s1_desc_doys, batch_size, dev, dtype)
+                                               s1_desc_doys, batch_size, dev, dtype, progress)
             for b, start in enumerate(range(0, n, sample_block)):
                 sl = slice(start, min(n, start + sample_block))
                 bands = np.asarray(s2_bands[sl])
                 _check_finite("s2_bands", bands)
                 active = np.flatnonzero(bands.reshape(bands.shape[0], -1).any(axis=1))
                 if active.size == 0:
+                    if progress is not None:
+                        progress(sl.stop - sl.start)
                     continue
                 masks = np.asarray(s2_masks[sl])[active]
                 _check_finite("s2_masks", masks)
@@ -177,16 +229,11 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
                 s2d, ascd, descd = (d if d.ndim == 1 else np.asarray(d[sl])[active]
                                     for d in (s2_doys, s1_asc_doys, s1_desc_doys))
                 bands = bands[active]
-                acc = np.zeros((active.size, cfg.embedding_dim), dtype=np.float64)
-                for r in range(repeat):
-                    rng = np.random.default_rng([int(seed), r, b, len(key), *key])
-                    x2 = build_s2_input(bands, masks, s2d, rng, SEQ_LEN)
-                    x1 = build_s1_input(asc, ascd, desc, descd, rng, SEQ_LEN)
-                    for i in range(0, active.size, batch_size):
-                        y = model(torch.from_numpy(x2[i:i + batch_size]).to(dev, dtype),
-                                  torch.from_numpy(x1[i:i + batch_size]).to(dev, dtype))
-                        acc[i:i + batch_size] += y.float().cpu().numpy()
-                out[start + active] = acc / repeat
+                rngs = [np.random.default_rng([int(seed), r, b, len(key), *key]) for r in range(repeat)]
+                out[start + active] = _embed_sampled(model, bands, masks, s2d, asc, ascd, desc, descd, rngs,
+                                                     batch_size, dev, dtype)
+                if progress is not None:
+                    progress(sl.stop - sl.start)
     finally:
         model.train(was_training)
     return out

@@ -14,11 +14,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError
@@ -27,7 +26,9 @@ from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId, list_tiles, read_run_metadata, read_tile
 from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
+from btfm_infer.hardware import PRECISIONS, cpu_description, resolve_precision
 from btfm_infer.onnx_engine import ENGINES
+from btfm_infer.progress import PROGRESS_LOG_INTERVAL_S, PixelProgress, progress_file_path, read_progress_file
 from btfm_infer.tile_inference import (
     InferenceOptions,
     check_or_write_record,
@@ -41,6 +42,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: ``--dim`` values (the v2 students' Matryoshka dimensions).
 MATRYOSHKA_CHOICES = (16, 32, 64, 128)
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "btfm_demo.pt"
+#: Seconds between two looks at the workers (exit status, progress files).
+POLL_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class WorkerPlan:
     threads: int
     batch_size: int
     tiles: tuple[TileId, ...]
+    precision: str = "fp32"
 
 
 def parse_split(text: str) -> tuple[int, int]:
@@ -136,13 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the observation sampling (v1.0 families; v1.1 and v2 use every observation)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="average this many sampling draws (v1.0 families only)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16 autocast: about 2x faster on CPUs with AVX-512 bf16 and on GPUs, "
-                             "embeddings agree with fp32 to a cosine of about 0.999")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast where the hardware computes bf16 natively (CUDA GPUs, CPUs with "
+                             "AVX512-BF16 or AMX), else fp32; bf16 on a CPU without native bf16 is emulated and "
+                             "several times slower (a warning says so); int8: dynamic int8 quantisation of the "
+                             "transformer Linears, CPU only. bf16 and int8 embeddings agree with fp32 to a cosine of "
+                             "about 0.999 (make bench measures speed and agreement on this machine)")
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="forward engine of the CPU workers: onnxruntime exports the model once per "
                              "process; same outputs to float rounding; faster or slower than torch depending on "
-                             "the CPU (make bench measures it; --precision bf16 is usually the fast path); GPU "
+                             "the CPU (make bench measures it); GPU "
                              "workers always use torch")
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", default=None,
@@ -161,44 +168,65 @@ def _worker_command(plan: WorkerPlan, args: argparse.Namespace, log_dir: Path) -
             "--output-dir", str(args.output_dir), "--checkpoint", str(args.checkpoint),
             "--device", plan.device, "--threads", str(plan.threads),
             "--batch-size", str(plan.batch_size), "--seed", str(args.seed),
-            "--repeat", str(args.repeat), "--precision", args.precision, "--engine", args.engine,
+            "--repeat", str(args.repeat), "--precision", plan.precision, "--engine", args.engine,
             "--model-family", args.model_family, *(["--stats", args.stats] if args.stats else []),
             *(["--dim", str(args.dim)] if args.dim else []),
             "--log-file", str(log_dir / f"infer_{plan.name}.log"),
+            "--progress-file", str(progress_file_path(log_dir, plan.name)),
             "-q", "--tiles", *(t.name for t in plan.tiles)]
 
 
-def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: Path) -> None:
-    """Start the workers, show progress, stop them all cleanly on Ctrl-C or a failure."""
-    total = sum(len(p.tiles) for p in plans)
-    outputs = [representation_path(args.output_dir, t) for p in plans for t in p.tiles]
+def _stop_workers(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGINT every running worker, wait up to 30 s each, then kill."""
+    for proc in procs.values():
+        proc.send_signal(signal.SIGINT)
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _read_progress(files: dict[str, Path]) -> tuple[dict[str, int], int]:
+    """Pixels done per worker and tiles done in all, from the workers' progress files."""
+    readings = {name: read_progress_file(path) for name, path in files.items()}
+    return {name: px for name, (px, _) in readings.items()}, sum(tiles for _, tiles in readings.values())
+
+
+def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: Path,
+                total_pixels: int | None = None, *, log_interval_s: float | None = None) -> None:
+    """Start the workers, show progress, stop them all cleanly on Ctrl-C or a failure.
+
+    Progress is in pixels (``total_pixels``: the ROI pixels of the plans' tiles; None: tiles
+    only), read from each worker's ``<log_dir>/progress_<worker>.json``: a bar on a terminal,
+    else a log line every ``log_interval_s`` seconds (default :data:`PROGRESS_LOG_INTERVAL_S`).
+    """
+    files = {p.name: progress_file_path(log_dir, p.name) for p in plans}
+    for path in files.values():
+        path.unlink(missing_ok=True)  # a previous run's counts
+    interval = PROGRESS_LOG_INTERVAL_S if log_interval_s is None else log_interval_s
+    reporter = PixelProgress(total_pixels, sum(len(p.tiles) for p in plans), log_interval_s=interval, logger=log)
     procs = {p.name: subprocess.Popen(_worker_command(p, args, log_dir), stdout=subprocess.DEVNULL)
              for p in plans}
     failed: list[str] = []
     try:
-        with tqdm(total=total, desc="tiles", unit="tile", file=sys.stderr) as bar:
-            while procs:
-                time.sleep(0.2)
-                bar.update(sum(path.exists() for path in outputs) - bar.n)
-                for name, proc in list(procs.items()):
-                    if proc.poll() is not None:
-                        del procs[name]
-                        if proc.returncode != 0:
-                            failed.append(name)
-                if failed:
-                    break
-            bar.update(sum(path.exists() for path in outputs) - bar.n)
+        while procs and not failed:
+            time.sleep(POLL_INTERVAL_S)
+            for name, proc in list(procs.items()):
+                if proc.poll() is not None:
+                    del procs[name]
+                    if proc.returncode != 0:
+                        failed.append(name)
+            reporter.update(*_read_progress(files))
     except KeyboardInterrupt:
         log.warning("interrupted: stopping %d worker(s); finished tiles are kept", len(procs))
         raise
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGINT)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_workers(procs)
+        reporter.update(*_read_progress(files))
+        reporter.close()
+        for path in files.values():
+            path.unlink(missing_ok=True)
     if failed:
         logs = ", ".join(str(log_dir / f"infer_{name}.log") for name in failed)
         raise BTFMError(f"worker(s) {', '.join(failed)} failed; see {logs}")
@@ -234,6 +262,24 @@ def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]
     return model
 
 
+def worker_precisions(requested: str, *, gpus: bool) -> dict[str, str]:
+    """The precision CPU (and, with ``gpus``, GPU) workers run for ``--precision requested``.
+
+    Decided once by the driver, so a bf16-on-emulating-CPU warning comes before any work and
+    every worker of one device type runs the same precision.
+
+    Raises:
+        BTFMError: int8 with GPU workers.
+    """
+    precisions = {"cpu": resolve_precision(requested, "cpu")}
+    if gpus:
+        if requested == "int8":
+            raise BTFMError("--precision int8 runs on the CPU only; use --max-gpu 0 with it, or --precision auto/bf16 "
+                            "for the GPU workers")
+        precisions["cuda"] = resolve_precision(requested, "cuda")
+    return precisions
+
+
 def describe_model(model: torch.nn.Module, args: argparse.Namespace) -> str:
     """One log line: family, dimensions, statistics and input rule of the run's model."""
     family = model.family
@@ -265,9 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ("--max-gpu is 0" if asked_for_gpu else "no CUDA GPU was found; raise --max-cpu"))
     if min(args.cores, args.cpu_batch_size, args.gpu_batch_size, args.repeat) < 1:
         raise BTFMError("--cores, --cpu-batch-size, --gpu-batch-size and --repeat must be >= 1")
-    if args.engine == "onnxruntime" and args.precision == "bf16":
-        raise BTFMError("--precision bf16 applies to the torch engine; use --engine torch with it, or fp32 "
-                        "with --engine onnxruntime")
+    if args.engine == "onnxruntime" and args.precision in ("bf16", "int8"):
+        raise BTFMError(f"--precision {args.precision} applies to the torch engine; use --engine torch with it, or "
+                        "fp32 with --engine onnxruntime")
     tiles = list_tiles(args.tiles_dir)
     # fail before creating anything on a missing or foreign checkpoint, undecided statistics or a bad --dim
     model = load_checked_model(args, read_run_metadata(args.tiles_dir))
@@ -275,33 +321,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_writable_dir(log_dir, "log folder (--log-dir)")
     setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)
     log.info("%s", describe_model(model, args))
-    options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, args.precision, args.engine,
+    n_gpu = torch.cuda.device_count() if args.max_gpu > 0 else 0
+    precisions = worker_precisions("fp32" if args.engine == "onnxruntime" and args.precision == "auto"
+                                   else args.precision,
+                                   gpus=n_gpu > 0 and split[1] > 0 and not (args.dask_local or args.scheduler))
+    log.info("precision: %s (--precision %s; CPU: %s)", ", ".join(f"{k} {v}" for k, v in precisions.items()),
+             args.precision, cpu_description())
+    options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, precisions["cpu"], args.engine,
                                args.model_family, args.stats, args.dim)
+    record_precision = (precisions["cpu"] if len(set(precisions.values())) == 1
+                        else ", ".join(f"{k} {v}" for k, v in precisions.items()))
     remove_stale_temporaries(args.output_dir)
     # tiles already there must come from the same checkpoint, family, statistics and sampling settings
-    check_or_write_record(args.output_dir, inference_record(args.checkpoint, model, options))
+    check_or_write_record(args.output_dir, inference_record(args.checkpoint, model,
+                                                            replace(options, precision=record_precision)))
     pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
     # validate the tile contract before any work, and count the pixels to embed
     roi_pixels = {tile: int(read_tile(args.tiles_dir / tile.name).roi.sum()) for tile in pending}
-    n_gpu = torch.cuda.device_count() if args.max_gpu > 0 else 0
     if split[1] > 0 and args.max_gpu > 0 and n_gpu == 0 and asked_for_gpu:
         log.warning("no CUDA GPU found: the GPU share of tiles runs on the CPU workers")
-    plans = plan_workers(pending, split, args.max_cpu if n_gpu else max(1, args.max_cpu),
-                         min(n_gpu, args.max_gpu), args.cores, args.cpu_batch_size, args.gpu_batch_size)
+    plans = [replace(p, precision=precisions[torch.device(p.device).type])
+             for p in plan_workers(pending, split, args.max_cpu if n_gpu else max(1, args.max_cpu),
+                                   min(n_gpu, args.max_gpu), args.cores, args.cpu_batch_size, args.gpu_batch_size)]
     workers = (f"Dask ({args.scheduler or f'{args.dask_local} local workers'})"
                if args.scheduler or args.dask_local else
                ", ".join(f"{p.name} ({len(p.tiles)} tiles, {p.threads} threads)" for p in plans) or "no worker")
     log.info("%d tile(s), %d already done, %d to embed with %s", len(tiles), len(tiles) - len(pending),
              len(pending), workers)
     started = time.perf_counter()
+    total_pixels = sum(roi_pixels.values())
     if pending and (args.scheduler or args.dask_local):
         from btfm_infer.dask_backend import run_on_dask
 
         run_on_dask(pending, args.tiles_dir, args.output_dir, args.checkpoint.resolve(), options,
                     scheduler=args.scheduler, local_workers=args.dask_local,
-                    threads_per_worker=max(1, args.cores // max(1, args.dask_local or 1)))
+                    threads_per_worker=max(1, args.cores // max(1, args.dask_local or 1)),
+                    total_pixels=total_pixels)
     elif plans:
-        run_workers(plans, args, log_dir)
+        run_workers(plans, args, log_dir, total_pixels)
     seconds = time.perf_counter() - started
     pixels = sum(roi_pixels.values())
     log.info("embedded %d tile(s), %d px in %.1f s (%.0f px/s); outputs in %s", len(pending), pixels,

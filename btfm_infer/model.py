@@ -188,6 +188,15 @@ class TemporalAwarePooling(nn.Module):
         w = torch.softmax(self.query(ctx), dim=1)
         return (w * x).sum(dim=1)
 
+    def pool_distinct(self, x: torch.Tensor, log_multiplicity: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
+        """Pool distinct-step outputs: expanded back to the full sequence (the GRU is order-sensitive)."""
+        return self(_expand_steps(x, expand))
+
+
+def _expand_steps(x: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
+    """(B, U, D) distinct-step outputs and (B, L) positions → (B, L, D) outputs of the full sequence."""
+    return x.gather(1, expand.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
 
 class CustomGRUCell(nn.Module):
     """The hand-written GRU cell of v1.0 QAT and v1.1 (bias-free Linears plus three biases).
@@ -253,6 +262,10 @@ class CustomTemporalAwarePooling(nn.Module):
         w = torch.softmax(self.query(self.layer_norm(self.temporal_context(x))), dim=1)
         return (w * x).sum(dim=1)
 
+    def pool_distinct(self, x: torch.Tensor, log_multiplicity: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
+        """Pool distinct-step outputs: expanded back to the full sequence (the GRU is order-sensitive)."""
+        return self(_expand_steps(x, expand))
+
 
 class AttentionPooling(nn.Module):
     """v2 pooling: ``w = softmax_t(query(x))``, output ``Σ_t w_t · x_t`` (no GRU)."""
@@ -266,6 +279,15 @@ class AttentionPooling(nn.Module):
         if x.shape[1] == 1:
             return x[:, 0]
         w = torch.softmax(self.query(x), dim=1)
+        return (w * x).sum(dim=1)
+
+    def pool_distinct(self, x: torch.Tensor, log_multiplicity: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
+        """Pool distinct-step outputs with each step's multiplicity folded into the softmax.
+
+        ``softmax`` over k copies of a logit equals ``softmax`` over one copy plus ``log k``.
+        """
+        logits = self.query(x).squeeze(-1).float() + log_multiplicity
+        w = torch.softmax(logits, dim=1).to(x.dtype).unsqueeze(-1)
         return (w * x).sum(dim=1)
 
 
@@ -293,16 +315,44 @@ class QKNormEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d_model) → (B, T, d_model)."""
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d_model) → (B, T, d_model); ``key_bias`` (B, T) is added to every query's logit of each key."""
         b, t, d = x.shape
         heads = (b, t, self.nhead, self.head_dim)
         q = self.q_norm(self.q_proj(x).view(heads)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(heads)).transpose(1, 2)
         v = self.v_proj(x).view(heads).transpose(1, 2)
-        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout.p if self.training else 0.0)
+        mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                              dropout_p=self.dropout.p if self.training else 0.0)
         x = self.norm1(x + self.dropout(self.out_proj(attn.transpose(1, 2).reshape(b, t, d))))
         return self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+
+
+def post_norm_layer_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor,
+                            key_bias: torch.Tensor) -> torch.Tensor:
+    """Inference forward of a post-norm ReLU ``nn.TransformerEncoderLayer`` with an additive key bias.
+
+    The same arithmetic as the layer in eval mode (no dropout), with fused scaled-dot-product
+    attention; the feed-forward Linears are called as modules, so dynamic int8 quantisation of
+    them applies.
+
+    Args:
+        layer: The layer (``batch_first``, ``norm_first=False``, ReLU).
+        x: (B, T, d_model).
+        key_bias: (B, T) added to every query's logit of each key (``log`` multiplicity; −inf
+            for padding).
+
+    Returns:
+        (B, T, d_model).
+    """
+    attn = layer.self_attn
+    b, t, d = x.shape
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(b, t, 3, attn.num_heads, d // attn.num_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias[:, None, None, :].to(q.dtype))
+    x = layer.norm1(x + attn.out_proj(out.transpose(1, 2).reshape(b, t, d)))
+    return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
 
 
 def _pooling(kind: str, d_model: int) -> nn.Module:
@@ -346,6 +396,29 @@ class TransformerEncoder(nn.Module):
                 h = layer(h)
             return h
         return self.transformer_encoder(h)
+
+    def forward_distinct(self, x: torch.Tensor, multiplicity: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
+        """Embed sequences given by their distinct steps (inference only; :mod:`btfm_infer.unique_tokens`).
+
+        Equal, to float rounding, to :meth:`forward` of the full sequences ``x[i, expand[i]]``.
+
+        Args:
+            x: (B, U, bands + 1) distinct steps (standardised bands, raw day of year), padded.
+            multiplicity: (B, U) integer occurrences of each step in the full sequence; 0 = padding.
+            expand: (B, L) int64 position in ``x`` of each step of the full sequence.
+
+        Returns:
+            (B, d_model) pooled representation.
+        """
+        log_multiplicity = torch.log(multiplicity.float())  # log 0 = -inf masks the padding
+        h = self.embedding(x[..., :-1]) + self.temporal_encoder(x[..., -1])
+        if isinstance(self.transformer_encoder, nn.ModuleList):
+            for layer in self.transformer_encoder:
+                h = layer(h, log_multiplicity)
+        else:
+            for layer in self.transformer_encoder.layers:
+                h = post_norm_layer_forward(layer, h, log_multiplicity)
+        return self.attn_pool.pool_distinct(h, log_multiplicity, expand)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed one modality's sequences.
@@ -442,6 +515,19 @@ class Projector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_dim) → (B, hidden)."""
         return self.net(x)
+
+
+def quantise_dynamic_int8(model: BTFM) -> BTFM:
+    """A copy of ``model`` whose transformer Linears run PyTorch's dynamic int8 kernels (CPU only).
+
+    Weights are quantised per tensor to int8 once; activations are quantised per batch at run
+    time. Only the Linears inside the transformer stacks that are called as modules are
+    converted (the feed-forward blocks, most of the FLOPs; v2's q/k/v/out projections); the
+    band embeddings, poolings and ``dim_reducer`` stay fp32.
+    """
+    names = {name for name, module in model.named_modules()
+             if type(module) is nn.Linear and ".transformer_encoder." in name}
+    return torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8)
 
 
 def count_parameters(module: nn.Module) -> int:

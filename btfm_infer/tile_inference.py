@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ class InferenceOptions:
         seed: Seed of the random draw (families with the ``sampled-40`` input rule only).
         repeat: Draws averaged (``sampled-40`` only).
         batch_size: Pixels per forward pass (memory only).
-        precision: ``fp32`` or ``bf16`` autocast.
+        precision: ``fp32``, ``bf16`` autocast, or ``int8`` (a model quantised by
+            :func:`btfm_infer.model.quantise_dynamic_int8`), as :func:`btfm_infer.hardware.resolve_precision` gives.
         engine: CPU engine of the forward: torch or onnxruntime (:mod:`btfm_infer.onnx_engine`).
         family: ``auto`` or the family the checkpoint must be (``--model-family``).
         stats: v1.1 statistics ``mpc``/``aws`` when the checkpoint does not record them.
@@ -52,7 +54,7 @@ class InferenceOptions:
     dim: int | None = None
 
     def autocast(self, device: torch.device) -> torch.autocast:
-        """bf16 autocast when asked for (about 2x faster on CPUs with AVX-512 bf16 and on GPUs)."""
+        """bf16 autocast for ``precision == "bf16"`` (fast where bf16 is native: GPUs, CPUs with AVX512-BF16/AMX)."""
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
@@ -162,13 +164,18 @@ def representation_path(output_dir: Path, tile: TileId) -> Path:
     return Path(output_dir) / f"{tile.name}.npy"
 
 
-def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: InferenceOptions) -> int:
+def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: InferenceOptions, *,
+               progress: Callable[[int], None] | None = None) -> int:
     """Embed every ROI pixel of a tile; write (H, W, D) float32 atomically (D = :func:`output_dim`).
 
     Pixels outside the ROI are zero vectors, and so are pixels the family cannot embed (v1.0
     families: all-zero S2 values; v1.1, v2: no S2 and no S1 observation). The random draw of
     observations (v1.0 families) depends only on ``options.seed``, the tile's position and the
     row block, so outputs are reproducible whatever the batch size, worker or order of tiles.
+
+    Args:
+        progress: Called with the number of ROI pixels just finished (passed to
+            :func:`~btfm_infer.embed.embed_pixels`); the increments add up to the return value.
 
     Returns:
         Number of ROI pixels embedded.
@@ -202,7 +209,7 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
                     pixels(arrays.sar_ascending), np.asarray(arrays.sar_ascending_doy),
                     pixels(arrays.sar_descending), np.asarray(arrays.sar_descending_doy),
                     seed=options.seed, repeat=options.repeat, batch_size=options.batch_size,
-                    seed_key=(tile.x0, tile.y0, row0),
+                    seed_key=(tile.x0, tile.y0, row0), progress=progress,
                 )
             out[row0 + rows, cols] = vectors[:, :dim]
             embedded += len(rows)

@@ -43,8 +43,9 @@ def run_chain(run_dir: Path, seed: int = 0) -> None:
     roi = run_dir / "roi.tiff"
     assert pipeline.main([str(roi), *DATES, "--source", "local", "--catalog",
                           str(DEMO_DIR / "catalog.json"), "--tile-size", "20", "-q"]) == 0
+    # fp32 pins the figures on every machine (--precision auto would pick bf16 where it is native)
     assert infer_all_tiles.main(["--tiles-dir", str(run_dir / "retiled_d_pixel"), "--seed", str(seed),
-                                 "--max-cpu", "2", "--cores", "2", "-q"]) == 0
+                                 "--max-cpu", "2", "--cores", "2", "--precision", "fp32", "-q"]) == 0
     assert stitch_tiled_representation.main([
         "--representation-dir", str(run_dir / "representation_retiled"), "--roi", str(roi),
         "--tiles-dir", str(run_dir / "retiled_d_pixel"), "--out-dir", str(run_dir), "--overwrite", "-q"]) == 0

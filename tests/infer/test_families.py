@@ -56,7 +56,7 @@ def make_run(root: Path) -> Path:
 
 def infer(tiles_dir: Path, out: Path, ckpt: Path, *extra: str) -> int:
     return infer_all_tiles.main(["--tiles-dir", str(tiles_dir), "--output-dir", str(out),
-                                 "--checkpoint", str(ckpt), "-q", *extra])
+                                 "--checkpoint", str(ckpt), "--precision", "fp32", "-q", *extra])
 
 
 @pytest.mark.parametrize("folder", sorted(BUCKETED))
