@@ -28,6 +28,7 @@ Class names follow TESSERA (``TransformerEncoder``, ``TemporalPositionalEncoder`
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -523,11 +524,15 @@ def quantise_dynamic_int8(model: BTFM) -> BTFM:
     Weights are quantised per tensor to int8 once; activations are quantised per batch at run
     time. Only the Linears inside the transformer stacks that are called as modules are
     converted (the feed-forward blocks, most of the FLOPs; v2's q/k/v/out projections); the
-    band embeddings, poolings and ``dim_reducer`` stay fp32.
+    band embeddings, poolings and ``dim_reducer`` stay fp32. PyTorch marks ``torch.ao.quantization``
+    as deprecated; the pinned torch still ships it, and its warnings are silenced here.
     """
     names = {name for name, module in model.named_modules()
              if type(module) is nn.Linear and ".transformer_encoder." in name}
-    return torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*quantize_per_tensor.*")
+        return torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from btfm_core.errors import BTFMError
 from btfm_core.fileio import atomic_path, file_digest
-from btfm_core.tiles import EMBEDDING_DIM, TileId, read_tile
+from btfm_core.tiles import EMBEDDING_DIM, TileArrays, TileId, read_tile
 from btfm_infer.embed import embed_pixels
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,51 @@ def representation_path(output_dir: Path, tile: TileId) -> Path:
     return Path(output_dir) / f"{tile.name}.npy"
 
 
+#: One block of a tile: first row, ROI pixels' rows and columns in it, embed_pixels' seven series.
+Block = tuple[int, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]
+
+
+def _roi_blocks(arrays: TileArrays, block: int) -> Iterator[Block]:
+    """The tile's row blocks that hold ROI pixels, as the series of those pixels (read from the memmaps)."""
+    height = arrays.shape[0]
+    for row0 in range(0, height, block):
+        row1 = min(height, row0 + block)
+        inside = arrays.roi[row0:row1] != 0
+        if not inside.any():
+            continue
+        rows, cols = np.nonzero(inside)
+
+        def pixels(series: np.ndarray, rows: np.ndarray = rows, cols: np.ndarray = cols,
+                   row0: int = row0, row1: int = row1) -> np.ndarray:
+            """(N, T, ...) series of the ROI pixels of this block."""
+            return np.moveaxis(np.asarray(series[:, row0:row1])[:, rows, cols], 0, 1)
+
+        yield row0, rows, cols, (pixels(arrays.bands), pixels(arrays.masks), np.asarray(arrays.doys),
+                                 pixels(arrays.sar_ascending), np.asarray(arrays.sar_ascending_doy),
+                                 pixels(arrays.sar_descending), np.asarray(arrays.sar_descending_doy))
+
+
+def _prefetched(blocks: Iterator[Block], enabled: bool) -> Iterator[Block]:
+    """``blocks``, the next one read in a background thread while the caller works on this one.
+
+    Holds at most two blocks (2 × :data:`BLOCK_BYTES`); off (``enabled`` False), blocks are read
+    on demand.
+    """
+    if not enabled:
+        yield from blocks
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-reader") as reader:
+        pending = reader.submit(next, blocks, None)
+        while (current := pending.result()) is not None:
+            pending = reader.submit(next, blocks, None)
+            yield current
+
+
 def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: InferenceOptions, *,
                progress: Callable[[int], None] | None = None) -> int:
     """Embed every ROI pixel of a tile; write (H, W, D) float32 atomically (D = :func:`output_dim`).
+
+    On a GPU the next row block is read while the model runs on this one.
 
     Pixels outside the ROI are zero vectors, and so are pixels the family cannot embed (v1.0
     families: all-zero S2 values; v1.1, v2: no S2 and no S1 observation). The random draw of
@@ -186,31 +229,16 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
     n_s1 = arrays.sar_ascending.shape[0] + arrays.sar_descending.shape[0]
     bucketed = model.family.bucketed
     block = rows_per_block(width, arrays.bands.shape[0], n_s1, model.config.d_model if bucketed else 0)
+    device = next(model.parameters()).device
     dim = output_dim(model, options)
     embedded = 0
     with atomic_path(out_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(height, width, dim))
-        for row0 in range(0, height, block):
-            row1 = min(height, row0 + block)
-            inside = arrays.roi[row0:row1] != 0
-            if not inside.any():
-                continue
-            rows, cols = np.nonzero(inside)
-
-            def pixels(series: np.ndarray, rows: np.ndarray = rows, cols: np.ndarray = cols,
-                       row0: int = row0, row1: int = row1) -> np.ndarray:
-                """(N, T, ...) series of the ROI pixels of this block."""
-                return np.moveaxis(np.asarray(series[:, row0:row1])[:, rows, cols], 0, 1)
-
-            with options.autocast(next(model.parameters()).device):
-                vectors = embed_pixels(
-                    model,
-                    pixels(arrays.bands), pixels(arrays.masks), np.asarray(arrays.doys),
-                    pixels(arrays.sar_ascending), np.asarray(arrays.sar_ascending_doy),
-                    pixels(arrays.sar_descending), np.asarray(arrays.sar_descending_doy),
-                    seed=options.seed, repeat=options.repeat, batch_size=options.batch_size,
-                    seed_key=(tile.x0, tile.y0, row0), progress=progress,
-                )
+        for row0, rows, cols, series in _prefetched(_roi_blocks(arrays, block), device.type == "cuda"):
+            with options.autocast(device):
+                vectors = embed_pixels(model, *series, seed=options.seed, repeat=options.repeat,
+                                       batch_size=options.batch_size, seed_key=(tile.x0, tile.y0, row0),
+                                       progress=progress)
             out[row0 + rows, cols] = vectors[:, :dim]
             embedded += len(rows)
         out.flush()

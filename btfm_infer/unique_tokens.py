@@ -82,11 +82,12 @@ def encode_distinct(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndar
         (N, d_model) float32, equal (to float rounding) to ``backbone`` on the full sequences.
     """
     n, c = values.shape[0], values.shape[2]
-    out = np.empty((n, backbone.d_model), dtype=np.float32)
     if n == 0:
-        return out
+        return np.empty((0, backbone.d_model), dtype=np.float32)
     distinct = DistinctSteps(steps)
     order = np.argsort(-distinct.counts, kind="stable")
+    on_gpu = device.type == "cuda"
+    pooled: list[torch.Tensor] = []
     start = 0
     while start < n:
         width = int(distinct.counts[order[start]])
@@ -95,10 +96,12 @@ def encode_distinct(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndar
         x = np.empty((chunk.size, width, c + 1), dtype=np.float32)
         x[..., :c] = values[chunk[:, None], index]
         x[..., c] = doys[chunk[:, None], index]
-        pooled = backbone.forward_distinct(
-            torch.from_numpy(x).to(device, dtype),
-            torch.from_numpy(distinct.multiplicity[chunk, :width]).to(device),
-            torch.from_numpy(distinct.expand[chunk]).to(device))
-        out[chunk] = pooled.float().cpu().numpy()
+        inputs = [torch.from_numpy(a) for a in (x, distinct.multiplicity[chunk, :width], distinct.expand[chunk])]
+        if on_gpu:  # pinned, asynchronous copies: numpy builds the next batch while the GPU runs this one
+            inputs = [t.pin_memory().to(device, non_blocking=True) for t in inputs]
+        y = backbone.forward_distinct(inputs[0].to(device, dtype), inputs[1].to(device), inputs[2].to(device))
+        pooled.append(y if on_gpu else y.float().cpu())
         start += chunk.size
+    out = np.empty((n, backbone.d_model), dtype=np.float32)
+    out[order] = torch.cat(pooled).float().cpu().numpy()  # one synchronisation per call on a GPU
     return out

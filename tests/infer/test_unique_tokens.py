@@ -130,3 +130,13 @@ def test_bucketed_progress_reports_every_pixel() -> None:
         embed_bucketed(model, *[np.broadcast_to(p, (50, p.shape[0])) if p.ndim == 1 else p for p in pixels],
                        batch_size=8, device=CPU, dtype=torch.float32, progress=done.append)
     assert sum(done) == 50
+
+
+def test_prefetched_blocks_keep_order_and_content() -> None:
+    from btfm_infer.tile_inference import _prefetched
+
+    blocks = [(i, np.arange(i), np.arange(i), (np.full(3, i),)) for i in range(5)]
+    for enabled in (False, True):
+        got = list(_prefetched(iter(blocks), enabled))
+        assert [b[0] for b in got] == list(range(5))
+        assert all((g[3][0] == i).all() for i, g in enumerate(got))
