@@ -29,9 +29,8 @@ demo: venv  ## run the full chain on the embedded Belgian sample into $(DEMO_DIR
 clean:  ## remove the demo output and caches (keeps .venv)
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
 
-bench: venv  ## inference benchmarks: the seed's algorithm vs ours; the reference's pair-bucketed v1.1/v2 batching vs ours
-	$(VPY) scripts/bench_inference.py --dims both
-	$(VPY) scripts/bench_families.py
+bench: venv  ## product path: infer_all_tiles end to end vs the seed's algorithm (v1.0) and the reference's (v1.1, v2); px/s, useful GFLOP/s, % of measured peak (5-10 min on 2 cores)
+	$(VPY) scripts/bench_product.py
 
 train-demo: venv  ## re-train checkpoints/btfm_demo.pt (needs ../shared/data)
 	bash scripts/train_demo.sh

@@ -327,7 +327,8 @@ class QKNormEncoderLayer(nn.Module):
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               dropout_p=self.dropout.p if self.training else 0.0)
         x = self.norm1(x + self.dropout(self.out_proj(attn.transpose(1, 2).reshape(b, t, d))))
-        return self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+        hidden = F.relu(self.linear1(x)) if self.training else torch.relu_(self.linear1(x))
+        return self.norm2(x + self.dropout(self.linear2(self.dropout(hidden))))
 
 
 def post_norm_layer_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor,
@@ -353,7 +354,7 @@ def post_norm_layer_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor,
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias[:, None, None, :].to(q.dtype))
     x = layer.norm1(x + attn.out_proj(out.transpose(1, 2).reshape(b, t, d)))
-    return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
+    return layer.norm2(x + layer.linear2(torch.relu_(layer.linear1(x))))
 
 
 def _pooling(kind: str, d_model: int) -> nn.Module:

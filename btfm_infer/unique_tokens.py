@@ -66,7 +66,8 @@ def encode_distinct(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndar
     """Pooled backbone outputs of every pixel, its transformer run on distinct steps only.
 
     Pixels are sorted by distinct count and batched so a batch holds about
-    ``tokens_per_batch`` tokens, padded only to the largest count in that batch.
+    ``tokens_per_batch`` tokens, padded only to the largest count in that batch. A batch in
+    which no step repeats runs the backbone's plain forward (PyTorch's fused fast path).
 
     Args:
         backbone: A :class:`~btfm_infer.model.TransformerEncoder` in eval mode.
@@ -85,6 +86,7 @@ def encode_distinct(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndar
     if n == 0:
         return np.empty((0, backbone.d_model), dtype=np.float32)
     distinct = DistinctSteps(steps)
+    length = steps.shape[1]
     order = np.argsort(-distinct.counts, kind="stable")
     on_gpu = device.type == "cuda"
     pooled: list[torch.Tensor] = []
@@ -92,14 +94,19 @@ def encode_distinct(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndar
     while start < n:
         width = int(distinct.counts[order[start]])
         chunk = order[start:start + max(1, tokens_per_batch // width)]
-        index = distinct.index[chunk, :width]
+        repeats = width < length or bool((distinct.multiplicity[chunk, :width] != 1).any())
+        index = distinct.index[chunk, :width] if repeats else steps[chunk]
         x = np.empty((chunk.size, width, c + 1), dtype=np.float32)
         x[..., :c] = values[chunk[:, None], index]
         x[..., c] = doys[chunk[:, None], index]
-        inputs = [torch.from_numpy(a) for a in (x, distinct.multiplicity[chunk, :width], distinct.expand[chunk])]
+        arrays = (x, distinct.multiplicity[chunk, :width], distinct.expand[chunk]) if repeats else (x,)
+        inputs = [torch.from_numpy(a) for a in arrays]
         if on_gpu:  # pinned, asynchronous copies: numpy builds the next batch while the GPU runs this one
             inputs = [t.pin_memory().to(device, non_blocking=True) for t in inputs]
-        y = backbone.forward_distinct(inputs[0].to(device, dtype), inputs[1].to(device), inputs[2].to(device))
+        if repeats:
+            y = backbone.forward_distinct(inputs[0].to(device, dtype), inputs[1].to(device), inputs[2].to(device))
+        else:  # nothing repeats in this batch: the plain forward (PyTorch's fused fast path)
+            y = backbone(inputs[0].to(device, dtype))
         pooled.append(y if on_gpu else y.float().cpu())
         start += chunk.size
     out = np.empty((n, backbone.d_model), dtype=np.float32)

@@ -79,10 +79,11 @@ def test_backbone_on_distinct_steps_equals_full_sequences(family: str, qk_norm: 
     assert useful_tokens(steps) < steps.size  # the case has repeats to save
 
 
-@pytest.mark.parametrize("family", ["v1.0", "v1.0-qat"])
-def test_sampled_families_equal_the_full_40_steps(family: str) -> None:
+@pytest.mark.parametrize(("family", "dates"), [("v1.0", 30), ("v1.0-qat", 30), ("v1.0", 70)])
+def test_sampled_families_equal_the_full_40_steps(family: str, dates: int) -> None:
+    """30 dates: every draw repeats steps; 70: many pixels draw 40 distinct steps (the plain forward)."""
     model = small(family)
-    pixels = cloudy_pixels(300)
+    pixels = cloudy_pixels(300, t=dates)
     got = embed_pixels(model, *pixels, seed=3, repeat=2, batch_size=64, sample_block=128)
     expected = embed_pixels(FullSequences(model), *pixels, seed=3, repeat=2, batch_size=64, sample_block=128)
     assert np.abs(got - expected).max() <= 1e-5
