@@ -13,6 +13,7 @@ length of ``seed_key`` is part of the seed so that, e.g., keys ``(5,)`` and ``(5
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -85,49 +86,86 @@ def _embed_all_observations(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndar
                           batch_size=batch_size, device=device, dtype=dtype, progress=progress)
 
 
-def _embed_sampled(model: torch.nn.Module, bands: np.ndarray, masks: np.ndarray, s2_doys: np.ndarray,
-                   asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray, desc_doys: np.ndarray,
-                   rngs: Sequence[np.random.Generator], batch_size: int, device: torch.device,
-                   dtype: torch.dtype) -> np.ndarray:
-    """The ``sampled-40`` families' embedding of one block, averaged over one draw per generator.
+@dataclass
+class _BlockDraws:
+    """One sampling block's standardised series and its drawn steps (one array per repeat).
 
-    A :class:`~btfm_infer.model.BTFM` runs each backbone on the distinct drawn steps only
-    (:mod:`btfm_infer.unique_tokens`); other engines (ONNX Runtime) run the 40 steps as drawn.
-
-    Returns:
-        (N, embedding_dim) float32.
+    Attributes:
+        pixels: (n,) positions of the block's pixels in the output.
+        s2: (n, T, 10) standardised values and (n, T) days.
+        s1: (n, T', 2) standardised values and (n, T') days (T' = 1: the "no data" step).
+        s2_steps: Per repeat, (n, 40) drawn S2 steps.
+        s1_steps: Per repeat, (n, 40) drawn S1 steps.
     """
-    n = bands.shape[0]
-    acc = np.zeros((n, model.config.embedding_dim), dtype=np.float64)
-    if not isinstance(model, BTFM):
-        for rng in rngs:
-            x2 = build_s2_input(bands, masks, s2_doys, rng, SEQ_LEN)
-            x1 = build_s1_input(asc, asc_doys, desc, desc_doys, rng, SEQ_LEN)
-            for i in range(0, n, batch_size):
-                y = model(torch.from_numpy(x2[i:i + batch_size]).to(device, dtype),
-                          torch.from_numpy(x1[i:i + batch_size]).to(device, dtype))
-                acc[i:i + batch_size] += y.float().cpu().numpy()
-        return (acc / len(rngs)).astype(np.float32)
-    stats, cfg = model.stats, model.config
-    tokens = tokens_per_batch(batch_size, cfg.dim_feedforward, device, compute_itemsize(device, dtype))
-    s2_values, s2_days = stats.standardise_s2(bands), doys_per_pixel(s2_doys, n, bands.shape[1])
+
+    pixels: np.ndarray
+    s2: tuple[np.ndarray, np.ndarray]
+    s1: tuple[np.ndarray, np.ndarray]
+    s2_steps: list[np.ndarray]
+    s1_steps: list[np.ndarray]
+
+
+def _draw_block(model: BTFM, pixels: np.ndarray, bands: np.ndarray, masks: np.ndarray, s2_doys: np.ndarray,
+                asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray, desc_doys: np.ndarray,
+                rngs: Sequence[np.random.Generator]) -> _BlockDraws:
+    """Standardise one block's series and draw its 40 S2 and 40 S1 steps per generator (the seed's rule)."""
+    stats, n = model.stats, bands.shape[0]
+    s2 = (stats.standardise_s2(bands), np.ascontiguousarray(doys_per_pixel(s2_doys, n, bands.shape[1])))
     s2_valid = np.asarray(masks) != 0
     ta, td = asc.shape[1], desc.shape[1]
     if ta + td:
         s1_values, s1_days, s1_valid = s1_series(stats, asc, doys_per_pixel(asc_doys, n, ta), desc,
                                                  doys_per_pixel(desc_doys, n, td))
     else:  # no S1 at all: 40 "no data" steps (raw 0 standardised, day 0), see standardised_no_data_s1
-        s1_values = stats.standardise_s1(np.zeros((n, 1, cfg.s1_bands), np.float32), "ascending")
+        s1_values = stats.standardise_s1(np.zeros((n, 1, model.config.s1_bands), np.float32), "ascending")
         s1_days, s1_valid = np.zeros((n, 1), np.float32), None
-    for rng in rngs:
-        s2_steps = sample_indices(s2_valid, SEQ_LEN, rng)
-        s1_steps = (sample_indices(s1_valid, SEQ_LEN, rng) if s1_valid is not None
-                    else np.zeros((n, SEQ_LEN), np.int64))
-        s2_repr = encode_distinct(model.s2_backbone, s2_values, s2_days, s2_steps, tokens_per_batch=tokens,
-                                  device=device, dtype=dtype)
-        s1_repr = encode_distinct(model.s1_backbone, s1_values, s1_days, s1_steps, tokens_per_batch=tokens,
-                                  device=device, dtype=dtype)
+    draws = _BlockDraws(pixels, s2, (s1_values, s1_days), [], [])
+    for rng in rngs:  # per generator: the S2 draw, then the S1 draw, as build_s2_input/build_s1_input do
+        draws.s2_steps.append(sample_indices(s2_valid, SEQ_LEN, rng))
+        draws.s1_steps.append(sample_indices(s1_valid, SEQ_LEN, rng) if s1_valid is not None
+                              else np.zeros((n, SEQ_LEN), np.int64))
+    return draws
+
+
+def _encode_blocks(model: BTFM, blocks: Sequence[_BlockDraws], batch_size: int, device: torch.device,
+                   dtype: torch.dtype) -> np.ndarray:
+    """(Σn, embedding_dim) float32 embeddings of several blocks' draws, averaged over repeats.
+
+    The blocks run together, so a GPU batch can hold more pixels than one sampling block; each
+    backbone runs on the distinct drawn steps only (:mod:`btfm_infer.unique_tokens`).
+    """
+    def joined(parts: Sequence[np.ndarray]) -> np.ndarray:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    cfg = model.config
+    tokens = tokens_per_batch(batch_size, cfg.dim_feedforward, device, compute_itemsize(device, dtype))
+    s2_values, s2_days = joined([b.s2[0] for b in blocks]), joined([b.s2[1] for b in blocks])
+    s1_values, s1_days = joined([b.s1[0] for b in blocks]), joined([b.s1[1] for b in blocks])
+    acc = np.zeros((s2_values.shape[0], cfg.embedding_dim), dtype=np.float64)
+    repeats = len(blocks[0].s2_steps)
+    for r in range(repeats):
+        s2_repr = encode_distinct(model.s2_backbone, s2_values, s2_days, joined([b.s2_steps[r] for b in blocks]),
+                                  tokens_per_batch=tokens, device=device, dtype=dtype)
+        s1_repr = encode_distinct(model.s1_backbone, s1_values, s1_days, joined([b.s1_steps[r] for b in blocks]),
+                                  tokens_per_batch=tokens, device=device, dtype=dtype)
         acc += fuse_in_batches(model, s2_repr, s1_repr, batch_size, device, dtype)
+    return (acc / repeats).astype(np.float32)
+
+
+def _embed_full_sequences(model: torch.nn.Module, bands: np.ndarray, masks: np.ndarray, s2_doys: np.ndarray,
+                          asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray, desc_doys: np.ndarray,
+                          rngs: Sequence[np.random.Generator], batch_size: int, device: torch.device,
+                          dtype: torch.dtype) -> np.ndarray:
+    """One block through an engine that runs the 40 drawn steps as they are (ONNX Runtime), averaged."""
+    n = bands.shape[0]
+    acc = np.zeros((n, model.config.embedding_dim), dtype=np.float64)
+    for rng in rngs:
+        x2 = build_s2_input(bands, masks, s2_doys, rng, SEQ_LEN)
+        x1 = build_s1_input(asc, asc_doys, desc, desc_doys, rng, SEQ_LEN)
+        for i in range(0, n, batch_size):
+            y = model(torch.from_numpy(x2[i:i + batch_size]).to(device, dtype),
+                      torch.from_numpy(x1[i:i + batch_size]).to(device, dtype))
+            acc[i:i + batch_size] += y.float().cpu().numpy()
     return (acc / len(rngs)).astype(np.float32)
 
 
@@ -214,6 +252,19 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
             if bucketed:
                 return _embed_all_observations(model, s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc,
                                                s1_desc_doys, batch_size, dev, dtype, progress)
+            pending: list[_BlockDraws] = []  # blocks drawn but not run yet (several fill one GPU batch)
+            pending_pixels = 0
+
+            def run_pending() -> None:
+                nonlocal pending_pixels
+                if pending:
+                    out[np.concatenate([b.pixels for b in pending])] = _encode_blocks(model, pending, batch_size,
+                                                                                      dev, dtype)
+                    if progress is not None:
+                        progress(pending_pixels)
+                pending.clear()
+                pending_pixels = 0
+
             for b, start in enumerate(range(0, n, sample_block)):
                 sl = slice(start, min(n, start + sample_block))
                 bands = np.asarray(s2_bands[sl])
@@ -232,10 +283,17 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
                                     for d in (s2_doys, s1_asc_doys, s1_desc_doys))
                 bands = bands[active]
                 rngs = [np.random.default_rng([int(seed), r, b, len(key), *key]) for r in range(repeat)]
-                out[start + active] = _embed_sampled(model, bands, masks, s2d, asc, ascd, desc, descd, rngs,
-                                                     batch_size, dev, dtype)
-                if progress is not None:
-                    progress(sl.stop - sl.start)
+                if not isinstance(model, BTFM):
+                    out[start + active] = _embed_full_sequences(model, bands, masks, s2d, asc, ascd, desc, descd,
+                                                                rngs, batch_size, dev, dtype)
+                    if progress is not None:
+                        progress(sl.stop - sl.start)
+                    continue
+                pending.append(_draw_block(model, start + active, bands, masks, s2d, asc, ascd, desc, descd, rngs))
+                pending_pixels += sl.stop - sl.start
+                if pending_pixels >= batch_size:
+                    run_pending()
+            run_pending()
     finally:
         model.train(was_training)
     return out

@@ -422,6 +422,20 @@ class TransformerEncoder(nn.Module):
                 h = post_norm_layer_forward(layer, h, log_multiplicity)
         return self.attn_pool.pool_distinct(h, log_multiplicity, expand)
 
+    def forward_unrepeated(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` of sequences without repeated steps (inference only).
+
+        PyTorch's fused fast path of ``nn.TransformerEncoder`` where it applies; layers whose
+        Linears were replaced by int8 ones (:func:`quantise_dynamic_int8`) run
+        :func:`post_norm_layer_forward` with a zero bias instead.
+        """
+        layers = self.transformer_encoder
+        if isinstance(layers, nn.TransformerEncoder) and type(layers.layers[0].linear1) is not nn.Linear:
+            b, t = x.shape[:2]
+            ones = torch.ones((b, t), dtype=torch.int32, device=x.device)
+            return self.forward_distinct(x, ones, torch.arange(t, device=x.device).expand(b, t))
+        return self(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed one modality's sequences.
 

@@ -106,7 +106,7 @@ def encode_distinct(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndar
         if repeats:
             y = backbone.forward_distinct(inputs[0].to(device, dtype), inputs[1].to(device), inputs[2].to(device))
         else:  # nothing repeats in this batch: the plain forward (PyTorch's fused fast path)
-            y = backbone(inputs[0].to(device, dtype))
+            y = backbone.forward_unrepeated(inputs[0].to(device, dtype))
         pooled.append(y if on_gpu else y.float().cpu())
         start += chunk.size
     out = np.empty((n, backbone.d_model), dtype=np.float32)

@@ -141,3 +141,15 @@ def test_prefetched_blocks_keep_order_and_content() -> None:
         got = list(_prefetched(iter(blocks), enabled))
         assert [b[0] for b in got] == list(range(5))
         assert all((g[3][0] == i).all() for i, g in enumerate(got))
+
+
+def test_several_sampling_blocks_in_one_batch_give_the_same_draws() -> None:
+    """A GPU batch may hold many sampling blocks; the draw is still made per block."""
+    model = small("v1.0")
+    pixels = cloudy_pixels(500, t=50)
+    pixels[0][7:9] = 0  # pixels skipped as all-zero S2
+    done: list[int] = []
+    grouped = embed_pixels(model, *pixels, seed=5, batch_size=4096, sample_block=64, progress=done.append)
+    one_by_one = embed_pixels(model, *pixels, seed=5, batch_size=64, sample_block=64)
+    assert np.abs(grouped - one_by_one).max() <= 1e-5 and sum(done) == 500
+    assert np.abs(grouped[7:9]).max() == 0
