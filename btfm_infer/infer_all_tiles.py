@@ -27,14 +27,22 @@ from btfm_core.tiles import TileId, list_tiles, read_run_metadata, read_tile
 from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.hardware import PRECISIONS, cpu_description, resolve_precision
-from btfm_infer.onnx_engine import ENGINES
-from btfm_infer.progress import PROGRESS_LOG_INTERVAL_S, PixelProgress, progress_file_path, read_progress_file
+from btfm_infer.model import quantise_dynamic_int8
+from btfm_infer.onnx_engine import ENGINES, with_engine
+from btfm_infer.progress import (
+    PROGRESS_LOG_INTERVAL_S,
+    PixelProgress,
+    ProgressFile,
+    progress_file_path,
+    read_progress_file,
+)
 from btfm_infer.tile_inference import (
     InferenceOptions,
     check_or_write_record,
     inference_record,
     representation_path,
 )
+from btfm_infer.worker import run_tiles
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +240,38 @@ def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: 
         raise BTFMError(f"worker(s) {', '.join(failed)} failed; see {logs}")
 
 
+class _ReportedProgress(ProgressFile):
+    """A :class:`ProgressFile` whose writes update the driver's :class:`PixelProgress` directly."""
+
+    def __init__(self, reporter: PixelProgress, worker: str) -> None:
+        super().__init__(None)
+        self.reporter, self.worker = reporter, worker
+
+    def write(self) -> None:
+        """Report the counts (throttled by :meth:`ProgressFile.add`)."""
+        super().write()
+        self.reporter.update({self.worker: self.pixels_done}, self.tiles_done)
+
+
+def run_in_process(plan: WorkerPlan, model: torch.nn.Module, args: argparse.Namespace, options: InferenceOptions,
+                   total_pixels: int | None = None) -> None:
+    """Run the one CPU worker in this process with the model the driver loaded already.
+
+    Saves a second interpreter start, torch import and checkpoint read (several seconds per call);
+    the worker's log lines go to ``infer_all_tiles.log``.
+    """
+    torch.set_num_threads(plan.threads)
+    options = replace(options, precision=plan.precision, batch_size=plan.batch_size)
+    if options.precision == "int8":
+        model = quantise_dynamic_int8(model)
+    model = with_engine(model, options.engine, plan.threads)
+    reporter = PixelProgress(total_pixels, len(plan.tiles), logger=log)
+    try:
+        run_tiles(model, args.tiles_dir, args.output_dir, plan.tiles, options, _ReportedProgress(reporter, plan.name))
+    finally:
+        reporter.close()
+
+
 def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]) -> torch.nn.Module:
     """Load ``--checkpoint`` as the driver's check of everything the workers will need.
 
@@ -357,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     scheduler=args.scheduler, local_workers=args.dask_local,
                     threads_per_worker=max(1, args.cores // max(1, args.dask_local or 1)),
                     total_pixels=total_pixels)
+    elif len(plans) == 1 and plans[0].device == "cpu":
+        run_in_process(plans[0], model, args, options, total_pixels)
     elif plans:
         run_workers(plans, args, log_dir, total_pixels)
     seconds = time.perf_counter() - started

@@ -202,7 +202,7 @@ def run_ours(bench: Bench, folder: Path, checkpoint: Path, precision: str,
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     _, roi = read_pixels(folder)
     embeddings = np.load(out_dir / f"{folder.name}.npy")[roi]
-    logged = [WORKER_LINE.search(line) for p in log_dir.glob("infer_cpu_*.log") for line in p.read_text().splitlines()]
+    logged = [WORKER_LINE.search(line) for p in log_dir.glob("infer_*.log") for line in p.read_text().splitlines()]
     found = [float(m.group(3)) for m in logged if m]
     return seconds, embeddings, (found[0] if found else None)
 
@@ -340,7 +340,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="torch threads of the seed/ref and --cores of infer_all_tiles")
     parser.add_argument("--quick", action="store_true", help="4 x 4 px tiles, demo-sized models (the test)")
     parser.add_argument("--only", choices=list(MODELS), default=None, help="one family only")
-    parser.add_argument("--size-official", type=int, default=16,
+    parser.add_argument("--size-official", type=int, default=24,
                         help="tile side (px) for v1.0 official dims and v1.1 released dims")
     parser.add_argument("--size-small", type=int, default=32, help="tile side (px) for the v2 Medium-class model")
     args = parser.parse_args(argv)
