@@ -15,7 +15,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "cpu_description", "cpu_flags", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "cpu_description", "cpu_flags", "cpu_model", "native_bf16", "resolve_precision"]
 
 #: ``--precision`` choices: auto (bf16 where native, else fp32), fp32, bf16 autocast, int8
 #: dynamic quantisation of the transformer Linears (CPU only).
@@ -47,11 +47,16 @@ def cpu_flags() -> frozenset[str]:
     return _cpuinfo()[1]
 
 
-def cpu_description() -> str:
+def cpu_model() -> str:
     """CPU model and the flags that matter for inference, e.g. ``Intel(R) Xeon(R) (avx2, fma, amx_bf16)``."""
     name, flags = _cpuinfo()
     shown = [f for f in SHOWN_FLAGS if f in flags]
-    return f"{name} ({', '.join(shown) or 'flags unknown'}), {torch.get_num_threads()} torch threads"
+    return f"{name} ({', '.join(shown) or 'flags unknown'})"
+
+
+def cpu_description() -> str:
+    """:func:`cpu_model` and the torch threads of this process."""
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads"
 
 
 def native_bf16(device: str | torch.device) -> bool:

@@ -19,19 +19,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from bench_families import V2_MEDIUM, V11_RELEASED, cpu_name
-from bench_inference import seed_sample
 
 from btfm_infer.bucketing import DEFAULT_BUCKETS, bucket_lengths, s1_series, sequence_batch
 from btfm_infer.families import FAMILIES
+from btfm_infer.hardware import cpu_model as cpu_name
 from btfm_infer.model import BTFM, DEMO, OFFICIAL, ModelConfig
-from btfm_infer.sampling import SEQ_LEN, doys_per_pixel
+from btfm_infer.sampling import S1_MEAN, S1_STD, S2_MEAN, S2_STD, SEQ_LEN, doys_per_pixel
 
 __all__ = ["CPU_PEAK_SHAPES", "DEMO", "DEMO_V2", "DEMO_V11", "GPU_PEAK_SHAPES", "MODELS", "OFFICIAL", "SCENARIOS",
            "V2_MEDIUM", "V11_RELEASED", "Scenario", "backbone_flops", "bucketed_tokens", "cpu_name", "matmul_peak",
            "mean_cosine", "mha_fastpath", "pair_bucketed", "pixel_flops", "reducer_flops", "seed_embed",
            "series_args", "synchronize", "synthetic_series", "timed", "useful_flops", "v10_unique_tokens"]
 
+#: A v2 student of the Medium size class (latent_dim 96), random weights.
+V2_MEDIUM = ModelConfig(d_model=384, nhead=8, num_layers=4, dim_feedforward=1536, family="v2",
+                        matryoshka_dims=(16, 32, 64, 128))
+#: v1.1 at its released dims (latent_dim 192, 4 layers, 4 heads, FFN 2048, 192-d reducer), random weights.
+V11_RELEASED = ModelConfig(d_model=768, nhead=4, num_layers=4, dim_feedforward=2048, family="v1.1",
+                           representation_dim=192)
 #: Demo-sized v2 and v1.1 models (``--quick``): the demo v1.0 dims with the family's pooling and reducer.
 DEMO_V2 = ModelConfig(d_model=64, nhead=4, num_layers=2, dim_feedforward=256, family="v2",
                       matryoshka_dims=(16, 32, 64, 128))
@@ -260,6 +265,29 @@ def mha_fastpath(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def seed_sample(tile: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's per-pixel loop: valid steps, rng.choice of 40, sort, standardise, append doy."""
+    n = tile["s2_bands"].shape[0]
+    s2 = np.empty((n, SEQ_LEN, 11), np.float32)
+    s1 = np.empty((n, SEQ_LEN, 3), np.float32)
+    s1_doys = np.concatenate([tile["s1_asc_doys"], tile["s1_desc_doys"]])
+    for i in range(n):
+        valid = np.nonzero(tile["s2_masks"][i])[0]
+        if valid.size == 0:
+            valid = np.arange(tile["s2_masks"].shape[1])
+        idx = np.sort(rng.choice(valid, SEQ_LEN, replace=valid.size < SEQ_LEN))
+        s2[i, :, :10] = (tile["s2_bands"][i, idx] - S2_MEAN) / (S2_STD + 1e-9)
+        s2[i, :, 10] = tile["s2_doys"][idx]
+        sar = np.concatenate([tile["s1_asc"][i], tile["s1_desc"][i]])
+        valid = np.nonzero((sar != 0).any(axis=1))[0]
+        if valid.size == 0:
+            valid = np.arange(sar.shape[0])
+        idx = np.sort(rng.choice(valid, SEQ_LEN, replace=valid.size < SEQ_LEN))
+        s1[i, :, :2] = (sar[idx] - S1_MEAN) / (S1_STD + 1e-9)
+        s1[i, :, 2] = s1_doys[idx]
+    return s2, s1
 
 
 def seed_embed(model: BTFM, series: dict[str, np.ndarray], *, batch: int = 256, seed: int = 0) -> np.ndarray:

@@ -24,7 +24,7 @@ from btfm_infer.model import BTFM, DEMO, OFFICIAL
 from btfm_infer.sampling import build_s1_input, build_s2_input
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import synthetic_tile  # the same synthetic tile as make bench
+from bench_common import SCENARIOS, synthetic_series  # the typical tile of make bench
 
 Engine = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = OFFICIAL if args.dims == "official" else DEMO
     torch.manual_seed(0)
     model = BTFM(cfg).eval()
-    tile = synthetic_tile(args.pixels)
+    tile = synthetic_series(args.pixels, SCENARIOS["typical"])
     rng = np.random.default_rng(0)
     s2 = build_s2_input(tile["s2_bands"], tile["s2_masks"], tile["s2_doys"], rng)
     s1 = build_s1_input(tile["s1_asc"], tile["s1_asc_doys"], tile["s1_desc"], tile["s1_desc_doys"], rng)

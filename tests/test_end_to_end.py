@@ -163,3 +163,18 @@ def test_gpu_warning_only_when_a_gpu_was_asked_for(demo_run: Path, tmp_path: Pat
     assert "no CUDA GPU found" not in capsys.readouterr().err  # the default uses the GPUs there are
     assert infer_all_tiles.main(["--tiles-dir", tiles, "--output-dir", str(tmp_path / "c"), "--max-cpu", "0"]) == 2
     assert "no CUDA GPU was found; raise --max-cpu" in capsys.readouterr().err
+
+
+def test_int8_precision_agrees_with_fp32_on_the_demo(demo_run: Path, tmp_path: Path) -> None:
+    """Issue 10: --precision int8 (dynamic int8 Linears) within a mean cosine of 0.999 of fp32."""
+    out_dir = tmp_path / "int8"
+    assert infer_all_tiles.main(["--tiles-dir", str(demo_run / "retiled_d_pixel"), "--output-dir", str(out_dir),
+                                 "--precision", "int8", "--max-cpu", "1", "--cores", "2", "-q"]) == 0
+    assert '"precision": "int8"' in (out_dir / "inference.json").read_text()
+    cosines = []
+    for fp32_tile in sorted((demo_run / "representation_retiled").glob("*.npy")):
+        a, b = np.load(fp32_tile).reshape(-1, 128), np.load(out_dir / fp32_tile.name).reshape(-1, 128)
+        keep = np.abs(a).sum(axis=1) > 0
+        a, b = a[keep], b[keep]
+        cosines.append((a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+    assert np.concatenate(cosines).mean() >= 0.999

@@ -92,3 +92,29 @@ def test_int8_quantises_the_transformer_linears_and_agrees_with_fp32() -> None:
     assert cosine(fp32, int8).mean() >= 0.999
     via_worker = load_worker_model(DEMO_CHECKPOINT, "cpu", InferenceOptions(precision="int8"))
     np.testing.assert_array_equal(embed_pixels(via_worker, *pixels, seed=1), int8)
+
+
+def tiles_cosine(model: torch.nn.Module, tiles_dir: Path, out: Path, precision: str) -> tuple[float, float]:
+    """Mean and min per-pixel cosine of fp32 and ``precision`` embeddings over every tile of ``tiles_dir``."""
+    from btfm_infer.tile_inference import infer_tile
+
+    quantised = quantise_dynamic_int8(model) if precision == "int8" else model
+    cosines = []
+    for tile in sorted(p for p in tiles_dir.iterdir() if p.is_dir()):
+        infer_tile(model, tile, out / f"fp32_{tile.name}.npy", InferenceOptions(precision="fp32"))
+        infer_tile(quantised, tile, out / f"{precision}_{tile.name}.npy", InferenceOptions(precision=precision))
+        a, b = (np.load(out / f"{p}_{tile.name}.npy").reshape(-1, model.embedding_dim) for p in ("fp32", precision))
+        cosines.append(cosine(a, b))
+    all_cosines = np.concatenate(cosines)
+    return float(all_cosines.mean()), float(all_cosines.min())
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_int8_and_bf16_agree_with_fp32_on_the_golden_tiles(tmp_path: Path, precision: str) -> None:
+    """Issue 10: mean cosine to fp32 >= 0.999 on the golden tiles, for every reference checkpoint."""
+    from tests.infer.test_families import BUCKETED, GOLDEN, SAMPLED, checkpoint
+
+    for folder in sorted({**BUCKETED, **SAMPLED}):
+        model = load_model(checkpoint(folder), "cpu")
+        mean, low = tiles_cosine(model, GOLDEN / "tiles", tmp_path, precision)
+        assert mean >= 0.999, (folder, mean, low)
