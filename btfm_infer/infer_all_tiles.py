@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="forward engine of the CPU workers: onnxruntime exports the model once per "
                              "process; same outputs to float rounding; faster or slower than torch depending on "
-                             "the CPU (make bench measures it); GPU "
-                             "workers always use torch")
+                             "the CPU (scripts/bench_engines.py measures it); fp32 only; GPU workers always use "
+                             "torch")
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", default=None,
                          help="send tile jobs to a running Dask scheduler (tcp://HOST:PORT) instead of local "
