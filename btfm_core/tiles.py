@@ -241,6 +241,33 @@ def read_tile_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def check_single_run(tiles_dir: str | os.PathLike[str], tiles: list[TileId]) -> str | None:
+    """The run key all ``tiles`` share (None for tiles of an older version that record none).
+
+    A folder whose tiles were made by runs with different settings (dates, sources, ROI) must
+    never be consumed as one map.
+
+    Raises:
+        TileFormatError: the tiles record more than one run key (names a few tiles of each).
+    """
+    by_key: dict[str, list[str]] = {}
+    for tile in tiles:
+        try:
+            key = str(read_tile_metadata(Path(tiles_dir) / tile.name).get("run_key", ""))
+        except ValueError as exc:
+            raise TileFormatError(f"tile {tile.name} has an unreadable {TILE_METADATA_FILE} ({exc}); delete the "
+                                  "tile folder and rerun main_pipeline.sh to rebuild it") from exc
+        by_key.setdefault(key, []).append(tile.name)
+    if len(by_key) > 1:
+        groups = "; ".join(f"run {key[:12] or '(none)'}: {len(names)} tile(s), e.g. {', '.join(names[:3])}"
+                           for key, names in sorted(by_key.items(), key=lambda kv: -len(kv[1])))
+        raise TileFormatError(f"{tiles_dir} mixes tiles of {len(by_key)} preprocessing runs with different settings "
+                              f"({groups}); rerun main_pipeline.sh with --overwrite and one set of settings, or use "
+                              "one --data-dir per run")
+    key = next(iter(by_key), "")
+    return key or None
+
+
 def list_tiles(tiles_dir: str | os.PathLike[str]) -> list[TileId]:
     """Tile ids of all finished tile folders in ``tiles_dir``, sorted row-major.
 

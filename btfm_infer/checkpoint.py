@@ -426,6 +426,17 @@ def resolve_stats(info: CheckpointInfo, stats: str | None = None, run_s2_source:
         "Computer data, the mpc checkpoint) or --stats aws (Earth Search data, the aws checkpoint)")
 
 
+def _check_finite_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights with NaN or inf values (they give NaN embeddings), naming the first bad tensor."""
+    bad = [(name, t) for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        name, tensor = bad[0]
+        count = int((~torch.isfinite(tensor)).sum())
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise CheckpointError(f"{path}: tensor {name} holds {count} NaN or infinite value(s) of {tensor.numel()}"
+                              f"{more}; the weights are broken (diverged training or a damaged file): {_FIX}")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", *, nhead: int | None = None,
                family: str = "auto", stats: str | NormStats | None = None,
                run_s2_source: str | None = None) -> BTFM:
@@ -449,7 +460,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, nhead: i
 
     Raises:
         CheckpointError: the file is missing, unreadable, truncated, of no known family, or its
-            tensors do not fit its family's layout; or v1.1 statistics are undecided.
+            tensors do not fit its family's layout, or hold NaN/inf; or v1.1 statistics are undecided.
     """
     path = Path(path)
     info, state = _inspect(_read(path), path, family, nhead)
@@ -459,6 +470,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, nhead: i
     if report:
         raise CheckpointError(f"{path} does not fit the {info.config.family} layout inferred from its shapes "
                               f"({info.config}): {report}; {_FIX}")
+    _check_finite_weights(state, path)
     model.load_state_dict(state, strict=True)
     dev = _resolve_device(device)
     model.to(dev).eval()

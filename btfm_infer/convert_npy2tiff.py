@@ -27,6 +27,7 @@ import pystac
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError, InputDataError
 from btfm_core.fileio import ensure_writable_dir, refuse_overwrite
+from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
 from btfm_infer.export_cog import CogExport, scales_path, write_embedding_cog
@@ -210,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_file = (args.log_file or base.parent / "logs" / "npy2tiff.log").expanduser()
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
+    with folder_lock(base.parent, "export"):
+        return _export(args, npy, roi, channels, tif, zarr_path, png, stac, base)
+
+
+def _export(args: argparse.Namespace, npy: Path, roi: Roi, channels: int, tif: Path | None, zarr_path: Path | None,
+            png: Path | None, stac: Path | None, base: Path) -> int:
+    """Write the requested outputs (the folder lock held) and print their paths."""
     provenance = _provenance(args, npy)
     int8_rule = str(provenance.model.get("int8_rule", "v1.0"))
     if args.dtype == "int8":

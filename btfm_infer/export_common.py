@@ -201,7 +201,7 @@ def _iter_sampled_blocks(npy_path: Path, roi: Roi, rows: int, cols: int, factor:
     with rasterio.open(roi.path) as src:
         for row0 in range(0, len(row_index), rows):
             source_rows = row_index[row0:row0 + rows]
-            inside_rows = np.stack([src.read(1, window=Window(0, int(r), width, 1))[0, col_index] != 0
+            inside_rows = np.stack([roi.inside(src.read(1, window=Window(0, int(r), width, 1)))[0, col_index]
                                     for r in source_rows])
             for col0 in range(0, len(col_index), cols):
                 source_cols = col_index[col0:col0 + cols]

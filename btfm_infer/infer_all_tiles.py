@@ -7,13 +7,15 @@ skipped; each worker writes through temporary names, so an interrupted run resum
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,8 +24,9 @@ import torch
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError
 from btfm_core.fileio import ensure_writable_dir, remove_stale_temporaries
+from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
-from btfm_core.tiles import TileId, list_tiles, read_run_metadata, read_tile
+from btfm_core.tiles import TileId, check_single_run, list_tiles, read_run_metadata
 from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.hardware import PRECISIONS, cpu_description, resolve_precision
@@ -33,9 +36,13 @@ from btfm_infer.progress import (
     PROGRESS_LOG_INTERVAL_S,
     PixelProgress,
     ProgressFile,
+    failure_file_path,
     progress_file_path,
+    read_failure_file,
     read_progress_file,
+    read_progress_tile,
 )
+from btfm_infer.tile_checks import scan_tiles
 from btfm_infer.tile_inference import (
     InferenceOptions,
     check_or_write_record,
@@ -181,13 +188,14 @@ def _worker_command(plan: WorkerPlan, args: argparse.Namespace, log_dir: Path) -
             *(["--dim", str(args.dim)] if args.dim else []),
             "--log-file", str(log_dir / f"infer_{plan.name}.log"),
             "--progress-file", str(progress_file_path(log_dir, plan.name)),
+            "--failure-file", str(failure_file_path(log_dir, plan.name)), "--parent-pid", str(os.getpid()),
             "-q", "--tiles", *(t.name for t in plan.tiles)]
 
 
 def _stop_workers(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    """SIGINT every running worker, wait up to 30 s each, then kill."""
+    """SIGTERM every running worker (it stops as on Ctrl-C), wait up to 30 s each, then kill."""
     for proc in procs.values():
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
     for proc in procs.values():
         try:
             proc.wait(timeout=30)
@@ -201,43 +209,126 @@ def _read_progress(files: dict[str, Path]) -> tuple[dict[str, int], int]:
     return {name: px for name, (px, _) in readings.items()}, sum(tiles for _, tiles in readings.values())
 
 
+def describe_worker_exit(name: str, returncode: int, log_dir: Path) -> str:
+    """One line on why worker ``name`` ended with ``returncode``: its recorded failure, or the signal and tile."""
+    log_path = log_dir / f"infer_{name}.log"
+    failure = read_failure_file(failure_file_path(log_dir, name))
+    if failure is not None:
+        on = f" on tile {failure['tile']}" if failure["tile"] else ""
+        return f"worker {name} failed{on}: {failure['message']} (log: {log_path})"
+    tile = read_progress_tile(progress_file_path(log_dir, name))
+    during = f" while embedding tile {tile}" if tile else ""
+    if returncode < 0:
+        try:
+            sig = signal.Signals(-returncode).name
+        except ValueError:
+            sig = f"signal {-returncode}"
+        hint = " (out of memory? see dmesg)" if -returncode == signal.SIGKILL else ""
+        return (f"worker {name} was killed by {sig}{during}{hint}; finished tiles are kept, rerun to embed the "
+                f"rest (log: {log_path})")
+    return f"worker {name} exited with status {returncode}{during}; see {log_path}"
+
+
+class _StopRequest:
+    """SIGTERM handler while workers run: records the signal; the poll loop then stops the workers.
+
+    It raises nothing, so a worker is never started without being recorded (and stopped).
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signal = signum
+
+
+@contextlib.contextmanager
+def _catch_sigterm() -> Iterator[_StopRequest]:
+    """Within: SIGTERM sets the yielded request instead of killing the driver (main thread only)."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = signal.signal(signal.SIGTERM, request)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _watch_workers(procs: dict[str, subprocess.Popen[bytes]], files: dict[str, Path], reporter: PixelProgress,
+                   log_dir: Path, stop: _StopRequest) -> list[str]:
+    """Poll until every worker has exited, one has failed or a stop is requested; the failures, one line each.
+
+    A worker's failure is described when it is seen, while its progress and failure files exist.
+    """
+    failures: list[str] = []
+    while procs and not failures and stop.signal is None:
+        time.sleep(POLL_INTERVAL_S)
+        for name, proc in list(procs.items()):
+            if proc.poll() is not None:
+                del procs[name]
+                if proc.returncode != 0:
+                    failures.append(describe_worker_exit(name, proc.returncode, log_dir))
+        reporter.update(*_read_progress(files))
+    return failures
+
+
+def _remove_worker_files(log_dir: Path, names: Sequence[str]) -> None:
+    for name in names:
+        progress_file_path(log_dir, name).unlink(missing_ok=True)
+        failure_file_path(log_dir, name).unlink(missing_ok=True)
+
+
 def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: Path,
                 total_pixels: int | None = None, *, log_interval_s: float | None = None) -> None:
-    """Start the workers, show progress, stop them all cleanly on Ctrl-C or a failure.
+    """Start the workers, show progress, stop them all cleanly on Ctrl-C, SIGTERM or a failure.
 
     Progress is in pixels (``total_pixels``: the ROI pixels of the plans' tiles; None: tiles
     only), read from each worker's ``<log_dir>/progress_<worker>.json``: a bar on a terminal,
     else a log line every ``log_interval_s`` seconds (default :data:`PROGRESS_LOG_INTERVAL_S`).
+    A failed worker is reported in one line: its own error (from ``failure_<worker>.json``), or
+    the signal that killed it and the tile it was on. Each worker runs in a session of its own, so
+    Ctrl-C reaches the driver only, which stops them all by SIGTERM (in their process group, a
+    Ctrl-C during a worker's torch import printed a KeyboardInterrupt traceback); the price is
+    that Ctrl-Z pauses the driver, not the workers. SIGTERM of the driver stops them here; its
+    death by any signal (SIGKILL, a terminal hang-up) ends them by ``PR_SET_PDEATHSIG`` or their
+    parent-pid check (:mod:`btfm_infer.worker`).
+
+    Raises:
+        BTFMError: a worker failed (the first failure's line; any other is logged).
+        SystemExit: 143 after SIGTERM, once the workers are stopped.
     """
     files = {p.name: progress_file_path(log_dir, p.name) for p in plans}
-    for path in files.values():
-        path.unlink(missing_ok=True)  # a previous run's counts
+    _remove_worker_files(log_dir, list(files))  # a previous run's counts and failures
     interval = PROGRESS_LOG_INTERVAL_S if log_interval_s is None else log_interval_s
     reporter = PixelProgress(total_pixels, sum(len(p.tiles) for p in plans), log_interval_s=interval, logger=log)
-    procs = {p.name: subprocess.Popen(_worker_command(p, args, log_dir), stdout=subprocess.DEVNULL)
-             for p in plans}
-    failed: list[str] = []
-    try:
-        while procs and not failed:
-            time.sleep(POLL_INTERVAL_S)
-            for name, proc in list(procs.items()):
-                if proc.poll() is not None:
-                    del procs[name]
-                    if proc.returncode != 0:
-                        failed.append(name)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    failures: list[str] = []
+    with _catch_sigterm() as stop:
+        try:
+            for plan in plans:
+                if stop.signal is None:
+                    procs[plan.name] = subprocess.Popen(_worker_command(plan, args, log_dir),
+                                                        stdout=subprocess.DEVNULL, start_new_session=True)
+            failures = _watch_workers(procs, files, reporter, log_dir, stop)
+        except KeyboardInterrupt:
+            log.warning("interrupted: stopping %d worker(s); finished tiles are kept", len(procs))
+            raise
+        finally:
+            running = sum(proc.poll() is None for proc in procs.values())
+            _stop_workers(procs)
             reporter.update(*_read_progress(files))
-    except KeyboardInterrupt:
-        log.warning("interrupted: stopping %d worker(s); finished tiles are kept", len(procs))
-        raise
-    finally:
-        _stop_workers(procs)
-        reporter.update(*_read_progress(files))
-        reporter.close()
-        for path in files.values():
-            path.unlink(missing_ok=True)
-    if failed:
-        logs = ", ".join(str(log_dir / f"infer_{name}.log") for name in failed)
-        raise BTFMError(f"worker(s) {', '.join(failed)} failed; see {logs}")
+            reporter.close()
+            _remove_worker_files(log_dir, list(files))
+    if stop.signal is not None:
+        log.error("terminated by %s: stopped %d worker(s); finished tiles are kept, rerun to embed the rest",
+                  signal.Signals(stop.signal).name, running)
+        raise SystemExit(128 + stop.signal)
+    for line in failures[1:]:
+        log.error("%s", line)
+    if failures:
+        raise BTFMError(failures[0])
 
 
 class _ReportedProgress(ProgressFile):
@@ -330,54 +421,17 @@ def describe_model(model: torch.nn.Module, args: argparse.Namespace) -> str:
             f"input rule {rule}")
 
 
-@entry_point
-def main(argv: Sequence[str] | None = None) -> int:
-    """Embed all pending tiles; exit 0 on success, 2 on bad input or a failed worker."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.tiles_dir = args.tiles_dir.expanduser().resolve()
-    base = args.tiles_dir.parent
-    args.output_dir = (args.output_dir or base / "representation_retiled").expanduser().resolve()
-    log_dir = (args.log_dir or base / "logs").expanduser().resolve()
-    setup_logging(None, args.verbosity)
-    split = parse_split(args.cpu_gpu_split)
-    asked_for_gpu = args.max_gpu is not None
-    if args.max_gpu is None:
-        args.max_gpu = torch.cuda.device_count()
-    if min(args.max_cpu, args.max_gpu) < 0:
-        raise BTFMError("--max-cpu and --max-gpu must be >= 0")
-    if args.max_cpu + args.max_gpu == 0:
-        raise BTFMError("no worker to run: --max-cpu is 0 and " +
-                        ("--max-gpu is 0" if asked_for_gpu else "no CUDA GPU was found; raise --max-cpu"))
-    if min(args.cores, args.cpu_batch_size, args.gpu_batch_size, args.repeat) < 1:
-        raise BTFMError("--cores, --cpu-batch-size, --gpu-batch-size and --repeat must be >= 1")
-    if args.engine == "onnxruntime" and args.precision in ("bf16", "int8"):
-        raise BTFMError(f"--precision {args.precision} applies to the torch engine; use --engine torch with it, or "
-                        "fp32 with --engine onnxruntime")
-    tiles = list_tiles(args.tiles_dir)
-    # fail before creating anything on a missing or foreign checkpoint, undecided statistics or a bad --dim
-    model = load_checked_model(args, read_run_metadata(args.tiles_dir))
-    ensure_writable_dir(args.output_dir, "output folder (--output-dir)")
-    ensure_writable_dir(log_dir, "log folder (--log-dir)")
-    setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)
-    log.info("%s", describe_model(model, args))
-    n_gpu = torch.cuda.device_count() if args.max_gpu > 0 else 0
-    precisions = worker_precisions("fp32" if args.engine == "onnxruntime" and args.precision == "auto"
-                                   else args.precision,
-                                   gpus=n_gpu > 0 and split[1] > 0 and not (args.dask_local or args.scheduler))
-    log.info("precision: %s (--precision %s; CPU: %s)", ", ".join(f"{k} {v}" for k, v in precisions.items()),
-             args.precision, cpu_description())
-    options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, precisions["cpu"], args.engine,
-                               args.model_family, args.stats, args.dim)
-    record_precision = (precisions["cpu"] if len(set(precisions.values())) == 1
-                        else ", ".join(f"{k} {v}" for k, v in precisions.items()))
+def embed_pending(args: argparse.Namespace, model: torch.nn.Module, tiles: Sequence[TileId], options: InferenceOptions,
+                  precisions: dict[str, str], record_precision: str, log_dir: Path, *, split: tuple[int, int],
+                  n_gpu: int, asked_for_gpu: bool) -> None:
+    """Check the record, plan the workers and embed every tile not done yet (the folder lock held)."""
     remove_stale_temporaries(args.output_dir)
     # tiles already there must come from the same checkpoint, family, statistics and sampling settings
     check_or_write_record(args.output_dir, inference_record(args.checkpoint, model,
                                                             replace(options, precision=record_precision)))
     pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
     # validate the tile contract before any work, and count the pixels to embed
-    roi_pixels = {tile: int(read_tile(args.tiles_dir / tile.name).roi.sum()) for tile in pending}
+    roi_pixels = scan_tiles(args.tiles_dir, pending)  # also warns about tiles without any valid S2 observation
     if split[1] > 0 and args.max_gpu > 0 and n_gpu == 0 and asked_for_gpu:
         log.warning("no CUDA GPU found: the GPU share of tiles runs on the CPU workers")
     plans = [replace(p, precision=precisions[torch.device(p.device).type])
@@ -405,6 +459,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     pixels = sum(roi_pixels.values())
     log.info("embedded %d tile(s), %d px in %.1f s (%.0f px/s); outputs in %s", len(pending), pixels,
              seconds, pixels / max(seconds, 1e-9), args.output_dir)
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Embed all pending tiles; exit 0 on success, 2 on bad input or a failed worker."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.tiles_dir = args.tiles_dir.expanduser().resolve()
+    base = args.tiles_dir.parent
+    args.output_dir = (args.output_dir or base / "representation_retiled").expanduser().resolve()
+    log_dir = (args.log_dir or base / "logs").expanduser().resolve()
+    setup_logging(None, args.verbosity)
+    split = parse_split(args.cpu_gpu_split)
+    asked_for_gpu = args.max_gpu is not None
+    if args.max_gpu is None:
+        args.max_gpu = torch.cuda.device_count()
+    if min(args.max_cpu, args.max_gpu) < 0:
+        raise BTFMError("--max-cpu and --max-gpu must be >= 0")
+    if args.max_cpu + args.max_gpu == 0:
+        raise BTFMError("no worker to run: --max-cpu is 0 and " +
+                        ("--max-gpu is 0" if asked_for_gpu else "no CUDA GPU was found; raise --max-cpu"))
+    if min(args.cores, args.cpu_batch_size, args.gpu_batch_size, args.repeat) < 1:
+        raise BTFMError("--cores, --cpu-batch-size, --gpu-batch-size and --repeat must be >= 1")
+    if args.engine == "onnxruntime" and args.precision in ("bf16", "int8"):
+        raise BTFMError(f"--precision {args.precision} applies to the torch engine; use --engine torch with it, or "
+                        "fp32 with --engine onnxruntime")
+    tiles = list_tiles(args.tiles_dir)
+    check_single_run(args.tiles_dir, tiles)  # tiles of two preprocessing runs never make one map
+    # fail before creating anything on a missing or foreign checkpoint, undecided statistics or a bad --dim
+    model = load_checked_model(args, read_run_metadata(args.tiles_dir))
+    ensure_writable_dir(args.output_dir, "output folder (--output-dir)")
+    ensure_writable_dir(log_dir, "log folder (--log-dir)")
+    setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)
+    log.info("%s", describe_model(model, args))
+    n_gpu = torch.cuda.device_count() if args.max_gpu > 0 else 0
+    precisions = worker_precisions("fp32" if args.engine == "onnxruntime" and args.precision == "auto"
+                                   else args.precision,
+                                   gpus=n_gpu > 0 and split[1] > 0 and not (args.dask_local or args.scheduler))
+    log.info("precision: %s (--precision %s; CPU: %s)", ", ".join(f"{k} {v}" for k, v in precisions.items()),
+             args.precision, cpu_description())
+    options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, precisions["cpu"], args.engine,
+                               args.model_family, args.stats, args.dim)
+    record_precision = (precisions["cpu"] if len(set(precisions.values())) == 1
+                        else ", ".join(f"{k} {v}" for k, v in precisions.items()))
+    with folder_lock(args.output_dir, "inference"):  # one run per output folder at a time
+        embed_pending(args, model, tiles, options, precisions, record_precision, log_dir,
+                      split=split, n_gpu=n_gpu, asked_for_gpu=asked_for_gpu)
     print(args.output_dir)
     return 0
 

@@ -1,10 +1,12 @@
 """Progress of an inference run in pixels: worker progress files and the driver's reporter.
 
-Each worker process writes ``{"pixels_done": N, "tiles_done": K, "updated": unix_time}`` to its
-own small JSON file (:class:`ProgressFile`, atomic, at most about once a second and at the end
-of every tile); the driver reads them (:func:`read_progress_file`) and shows the total with a
-:class:`PixelProgress`: a tqdm bar in pixels on a terminal, otherwise a plain log line every
-:data:`PROGRESS_LOG_INTERVAL_S` seconds and a final one.
+Each worker process writes ``{"pixels_done": N, "tiles_done": K, "tile": name, "updated": unix_time}``
+to its own small JSON file (:class:`ProgressFile`, atomic, at most about once a second and at the
+start and end of every tile; ``tile`` is the tile in progress or null); the driver reads them
+(:func:`read_progress_file`) and shows the total with a :class:`PixelProgress`: a tqdm bar in
+pixels on a terminal, otherwise a plain log line every :data:`PROGRESS_LOG_INTERVAL_S` seconds
+and a final one. A worker that fails writes ``{"tile", "message", "type"}`` to its failure file
+(:func:`write_failure_file`), which the driver turns into its one-line error.
 """
 
 from __future__ import annotations
@@ -36,11 +38,48 @@ def progress_file_path(log_dir: Path, worker: str) -> Path:
     return Path(log_dir) / f"progress_{worker}.json"
 
 
-def write_progress_file(path: Path, pixels_done: int, tiles_done: int) -> None:
+def failure_file_path(log_dir: Path, worker: str) -> Path:
+    """Where worker ``worker`` records why it failed: ``<log_dir>/failure_<worker>.json``."""
+    return Path(log_dir) / f"failure_{worker}.json"
+
+
+def write_progress_file(path: Path, pixels_done: int, tiles_done: int, tile: str | None = None) -> None:
     """Write a worker's progress atomically (temporary name in the same folder, then rename)."""
-    record = {"pixels_done": int(pixels_done), "tiles_done": int(tiles_done), "updated": time.time()}
+    record = {"pixels_done": int(pixels_done), "tiles_done": int(tiles_done), "tile": tile,
+              "updated": time.time()}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record))
+
+
+def _read_record(path: Path) -> dict[str, object] | None:
+    """The JSON object in ``path``; None for a missing, partial or foreign file."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_progress_tile(path: Path) -> str | None:
+    """The tile a worker's progress file says is in progress (None: none, or no readable file)."""
+    tile = (_read_record(path) or {}).get("tile")
+    return tile if isinstance(tile, str) else None
+
+
+def write_failure_file(path: Path, tile: str | None, message: str, kind: str) -> None:
+    """Record a worker's failure atomically: the tile it was on (or None), one line, the exception type."""
+    record = {"tile": tile, "message": " ".join(message.split()), "type": kind}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record))
+
+
+def read_failure_file(path: Path) -> dict[str, str | None] | None:
+    """``{"tile", "message", "type"}`` from a worker's failure file; None when there is none (or it is foreign)."""
+    record = _read_record(path)
+    if record is None or not isinstance(record.get("message"), str):
+        return None
+    return {key: value if isinstance(value, str) else None
+            for key, value in ((k, record.get(k)) for k in ("tile", "message", "type"))}
 
 
 def read_progress_file(path: Path) -> tuple[int, int]:
@@ -67,6 +106,7 @@ class ProgressFile:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.interval_s, self.clock = path, interval_s, clock
         self.finished_pixels = self.current_pixels = self.tiles_done = 0
+        self.tile: str | None = None
         self._last_write = -float("inf")
         self._failed = False
 
@@ -81,6 +121,11 @@ class ProgressFile:
         if self.clock() - self._last_write >= self.interval_s:
             self.write()
 
+    def start_tile(self, tile: str) -> None:
+        """Name the tile now in progress and write (so a killed worker's tile is known)."""
+        self.tile, self.current_pixels = tile, 0
+        self.write()
+
     def restart_tile(self) -> None:
         """Forget the pixels of the tile in progress (it is being retried)."""
         self.current_pixels = 0
@@ -90,6 +135,7 @@ class ProgressFile:
         self.finished_pixels += int(pixels)
         self.current_pixels = 0
         self.tiles_done += 1
+        self.tile = None
         self.write()
 
     def write(self) -> None:
@@ -98,7 +144,7 @@ class ProgressFile:
         if self.path is None:
             return
         try:
-            write_progress_file(self.path, self.pixels_done, self.tiles_done)
+            write_progress_file(self.path, self.pixels_done, self.tiles_done, self.tile)
         except OSError as exc:
             if not self._failed:
                 log.warning("cannot write progress file %s: %s", self.path, exc)

@@ -22,9 +22,10 @@ from tqdm import tqdm
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError, InputDataError, TileFormatError
 from btfm_core.fileio import TMP_PREFIX, atomic_path, ensure_writable_dir, refuse_overwrite
+from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
-from btfm_core.tiles import EMBEDDING_DIM, TileId, list_tiles
+from btfm_core.tiles import EMBEDDING_DIM, TileId, check_single_run, list_tiles
 
 log = logging.getLogger(__name__)
 
@@ -359,11 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected = None
     if args.tiles_dir is not None:
         expected = list_tiles(args.tiles_dir.expanduser())
+        check_single_run(args.tiles_dir.expanduser(), expected)
     ensure_writable_dir(out_dir, "output folder (--out-dir)")
     log_file = (args.log_file or out_dir / "logs" / "stitch.log").expanduser()
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
-    summary = stitch(representation_dir, roi, out_path, expected, overwrite=args.overwrite)
+    with folder_lock(out_dir, "stitch"):
+        summary = stitch(representation_dir, roi, out_path, expected, overwrite=args.overwrite)
     log.info("wrote %s: %d tile(s), %d x %d px, %d px covered", summary.path, summary.tiles,
              summary.height, summary.width, summary.covered_pixels)
     print(summary.path)

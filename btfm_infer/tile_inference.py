@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from btfm_core.errors import BTFMError
+from btfm_core.errors import BTFMError, InputDataError
 from btfm_core.fileio import atomic_path, file_digest
 from btfm_core.tiles import EMBEDDING_DIM, TileArrays, TileId, read_tile
 from btfm_infer.embed import embed_pixels
@@ -209,6 +209,9 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
                progress: Callable[[int], None] | None = None) -> int:
     """Embed every ROI pixel of a tile; write (H, W, D) float32 atomically (D = :func:`output_dim`).
 
+    The embedding is checked for NaN/inf before it is renamed into place
+    (:class:`~btfm_core.errors.InputDataError` naming the tile and the count otherwise).
+
     On a GPU the next row block is read while the model runs on this one.
 
     Pixels outside the ROI are zero vectors, and so are pixels the family cannot embed (v1.0
@@ -231,7 +234,7 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
     block = rows_per_block(width, arrays.bands.shape[0], n_s1, model.config.d_model if bucketed else 0)
     device = next(model.parameters()).device
     dim = output_dim(model, options)
-    embedded = 0
+    embedded = non_finite = 0
     with atomic_path(out_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(height, width, dim))
         for row0, rows, cols, series in _prefetched(_roi_blocks(arrays, block), device.type == "cuda"):
@@ -240,7 +243,12 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
                                        batch_size=options.batch_size, seed_key=(tile.x0, tile.y0, row0),
                                        progress=progress)
             out[row0 + rows, cols] = vectors[:, :dim]
+            non_finite += int(np.count_nonzero(~np.isfinite(vectors[:, :dim])))  # the rest of the tile is zeros
             embedded += len(rows)
         out.flush()
         del out
+        if non_finite:  # raised inside atomic_path: the temporary is deleted, nothing is renamed into place
+            raise InputDataError(f"tile {tile.name}: {non_finite} embedding value(s) of {embedded} px x {dim} are "
+                                 f"NaN or infinite; nothing written to {out_path.name}. Check the checkpoint and the "
+                                 "tile's inputs, or retry with --precision fp32")
     return embedded

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
 from btfm_core.errors import BTFMError, NoScenesFoundError
 from btfm_core.fileio import atomic_path, ensure_writable_dir, remove_stale_temporaries
+from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
 from btfm_core.tiles import (
@@ -40,6 +41,7 @@ from btfm_core.tiles import (
     tile_layout,
     write_run_metadata,
 )
+from btfm_preprocessing.checks import check_flags, unobserved_line, warn_unobserved
 from btfm_preprocessing.download import downloaded_bytes
 from btfm_preprocessing.period import Period, parse_period
 from btfm_preprocessing.reader import gdal_env, network_bytes_read
@@ -149,8 +151,7 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
     if args.downsample != 1:
         raise BTFMError(f"DOWNSAMPLE={args.downsample} is not supported; pass 1 (tiles are always "
                         "on the ROI's 10 m grid)")
-    if args.tile_size <= 0:
-        raise BTFMError(f"--tile-size must be positive, got {args.tile_size}")
+    check_flags(args.tile_size, args.max_cloud)
     if args.workers <= 0:
         raise BTFMError(f"--workers must be positive, got {args.workers}")
     roi = open_roi(args.roi)
@@ -244,6 +245,7 @@ class RunSummary:
             f"{len(self.scenes_used & self.s1_ids)} with data in the tiles",
             f"read over the network: {traffic}",
             f"valid S2 observations per ROI pixel: {stats}",
+            unobserved_line(self.valid_counts),
             f"output: {tiles_dir}",
             f"time: {self.seconds:.1f} s; peak memory (RSS): {peak_rss_mb():.0f} MB",
         ]
@@ -334,6 +336,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
             summary.scenes_used |= stats.scenes_used
             summary.tiles_written += 1
 
+    warn_unobserved(summary.valid_counts)
     if finished:
         log.info("all tiles were already done; %s kept as it is", settings.tiles_dir / RUN_METADATA_FILE)
     else:
@@ -375,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args)
     ensure_writable_dir(settings.data_dir, "run folder (--data-dir)")
     setup_logging(args.log_file or settings.data_dir / "logs" / "preprocess.log", args.verbosity)
-    summary = run(settings)
+    with folder_lock(settings.data_dir, "preprocessing"):
+        summary = run(settings)
     for line in summary.lines(settings.tiles_dir):
         log.info("%s", line)
     print(settings.tiles_dir)

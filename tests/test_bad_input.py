@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from affine import Affine
 
+from btfm_core.tiles import read_tile
 from btfm_infer import infer_all_tiles
 from btfm_preprocessing import pipeline
 from tests.conftest import DEMO_DIR, write_raster
@@ -21,7 +24,7 @@ GOOD_DATES = ["2020-11-01", "2021-10-31", "2020-11-01", "2021-10-31"]
 
 
 def run_pipeline(roi: Path, dates: list[str], *extra: str) -> int:
-    return pipeline.main([str(roi), *dates, *CATALOG, "--tile-size", "20", "-q", *extra])
+    return pipeline.main([str(roi), *dates, *CATALOG, "--tile-size", "32", "-q", *extra])
 
 
 def assert_fails(code: int, caplog: pytest.LogCaptureFixture, *phrases: str) -> None:
@@ -107,7 +110,7 @@ def test_data_dir_not_writable(good_roi: Path, tmp_path: Path, caplog: pytest.Lo
 def tiles_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("tiles")
     roi = crop_roi(run / "roi.tiff", width=20, height=20)
-    assert pipeline.main([str(roi), *GOOD_DATES, *CATALOG, "--tile-size", "20", "-q"]) == 0
+    assert pipeline.main([str(roi), *GOOD_DATES, *CATALOG, "--tile-size", "32", "-q"]) == 0
     return run / "retiled_d_pixel"
 
 
@@ -165,3 +168,95 @@ def test_output_dir_not_writable(tiles_dir: Path, tmp_path: Path, caplog: pytest
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     assert_fails(run_infer(tiles_dir, blocker / "out"), caplog, "cannot write to the output folder")
+
+
+def test_roi_in_feet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_raster(tmp_path / "roi.tiff", np.ones((5, 5), np.uint8), crs="EPSG:2263",
+                        transform=Affine(10, 0, 980000, 0, -10, 200000))
+    assert_fails(run_pipeline(path, GOOD_DATES), caplog, "US survey foot", "not the metre", "UTM")
+    assert no_outputs(tmp_path)
+
+
+@pytest.mark.parametrize("outside", [-9999.0, np.nan], ids=["nodata", "nan"])
+def test_roi_nodata_is_outside(tmp_path: Path, caplog: pytest.LogCaptureFixture, outside: float) -> None:
+    """Issue 14: a float32 ROI with nodata (or NaN) outside is not its whole bounding rectangle."""
+    crop = crop_roi(tmp_path / "crop.tiff", width=20, height=20)
+    with rasterio.open(crop) as src:
+        inside, profile = src.read(1) != 0, src.profile
+    inside[:3] = False  # some outside pixels in the crop
+    data = np.where(inside, np.float32(1), np.float32(outside)).astype(np.float32)
+    path = write_raster(tmp_path / "roi.tiff", data, crs=profile["crs"].to_string(), transform=profile["transform"],
+                        nodata=outside)
+    with caplog.at_level(logging.INFO):
+        assert run_pipeline(path, GOOD_DATES) == 0
+    assert f"{inside.size - inside.sum()} pixel(s) treated as outside because they are nodata" in caplog.text
+    assert f"{inside.sum()} px inside" in caplog.text
+    tile = read_tile(tmp_path / "retiled_d_pixel" / "0_0_20_20")
+    np.testing.assert_array_equal(tile.roi, inside.astype(np.uint8))
+
+
+@pytest.mark.parametrize("value", ["150", "-1", "nan"])
+def test_max_cloud_out_of_range(good_roi: Path, caplog: pytest.LogCaptureFixture, value: str) -> None:
+    assert_fails(run_pipeline(good_roi, GOOD_DATES, "--max-cloud", value), caplog, "--max-cloud must lie in 0-100")
+    assert no_outputs(good_roi.parent)
+
+
+@pytest.mark.parametrize("size", ["1", "31", "0", "-5"])
+def test_tile_size_too_small(good_roi: Path, caplog: pytest.LogCaptureFixture, size: str) -> None:
+    code = pipeline.main([str(good_roi), *GOOD_DATES, *CATALOG, "-q", "--tile-size", size])
+    assert_fails(code, caplog, f"--tile-size must be at least 32 px, got {size}")
+    assert no_outputs(good_roi.parent)
+
+
+def test_large_tile_size_warns_before_any_work(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the warning comes from argument checks: before the (missing) ROI is even opened
+    code = pipeline.main([str(tmp_path / "nope.tiff"), *GOOD_DATES, *CATALOG, "--tile-size", "5000"])
+    assert_fails(code, caplog, "does not exist", "--tile-size 5000: one tile of 5000 x 5000 px takes about 52.5 GB "
+                 "per 100 Sentinel-2 dates")
+
+
+def test_checkpoint_with_nan_weights(tiles_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    obj = torch.load(infer_all_tiles.DEFAULT_CHECKPOINT, weights_only=True)
+    name = next(k for k, v in obj["model_state_dict"].items() if v.is_floating_point() and v.numel() > 2)
+    obj["model_state_dict"][name].view(-1)[:2] = torch.tensor([float("nan"), float("inf")])
+    torch.save(obj, tmp_path / "nan.pt")
+    code = run_infer(tiles_dir, tmp_path / "out", "--checkpoint", str(tmp_path / "nan.pt"))
+    assert_fails(code, caplog, f"tensor {name} holds 2 NaN or infinite value(s)", "nan.pt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_embedding_is_not_renamed_into_place(tiles_dir: Path, tmp_path: Path) -> None:
+    from btfm_core.errors import InputDataError
+    from btfm_infer.checkpoint import load_model
+    from btfm_infer.tile_inference import InferenceOptions, infer_tile
+
+    model = load_model(infer_all_tiles.DEFAULT_CHECKPOINT)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.startswith("dim_reducer")).fill_(float("nan"))
+    out = tmp_path / "0_0_20_20.npy"
+    with pytest.raises(InputDataError, match=r"tile 0_0_20_20: \d+ embedding value\(s\) .* are NaN or infinite"):
+        infer_tile(model, tiles_dir / "0_0_20_20", out, InferenceOptions())
+    assert list(tmp_path.iterdir()) == []  # neither the tile nor a temporary
+
+
+def test_tiles_without_valid_s2_are_reported(tiles_dir: Path, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    tiles = tmp_path / "retiled_d_pixel"
+    shutil.copytree(tiles_dir, tiles)
+    masks = np.load(tiles / "0_0_20_20" / "masks.npy")
+    np.save(tiles / "0_0_20_20" / "masks.npy", np.zeros_like(masks))  # every date cloudy
+    assert run_infer(tiles, tmp_path / "out") == 0
+    roi_px = int(read_tile(tiles / "0_0_20_20").roi.sum())
+    assert f"1 tile(s) ({roi_px} ROI px; 0_0_20_20) have no valid Sentinel-2 observation" in caplog.text
+
+
+def test_cloudy_period_is_reported_in_the_summary(good_roi: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # December and January of the demo are all no data in S2 (kept with --max-cloud 100)
+    dates = ["2020-12-01", "2021-01-31", "2020-12-01", "2021-01-31"]
+    with caplog.at_level(logging.INFO):
+        assert run_pipeline(good_roi, dates, "--max-cloud", "100") == 0
+    assert "1 tile(s) (400 ROI px) have no valid Sentinel-2 observation at any date" in caplog.text
+    assert "tiles with no valid S2 observation at any date: 1 (400 ROI px)" in caplog.text
+    caplog.clear()
+    assert run_infer(good_roi.parent / "retiled_d_pixel", good_roi.parent / "out") == 0
+    assert "1 tile(s) (400 ROI px; 0_0_20_20) have no valid Sentinel-2 observation" in caplog.text

@@ -42,7 +42,7 @@ def run_chain(run_dir: Path, seed: int = 0) -> None:
     """The README's commands, in-process."""
     roi = run_dir / "roi.tiff"
     assert pipeline.main([str(roi), *DATES, "--source", "local", "--catalog",
-                          str(DEMO_DIR / "catalog.json"), "--tile-size", "20", "-q"]) == 0
+                          str(DEMO_DIR / "catalog.json"), "--tile-size", "32", "-q"]) == 0
     # fp32 pins the figures on every machine (--precision auto would pick bf16 where it is native)
     assert infer_all_tiles.main(["--tiles-dir", str(run_dir / "retiled_d_pixel"), "--seed", str(seed),
                                  "--max-cpu", "2", "--cores", "2", "--precision", "fp32", "-q"]) == 0
@@ -64,10 +64,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiles_follow_the_contract(demo_run: Path) -> None:
     tiles = list_tiles(demo_run / "retiled_d_pixel")
-    assert [t.name for t in tiles] == ["0_0_20_20", "20_0_40_20", "0_20_20_40", "20_20_40_40"]
-    tile = read_tile(demo_run / "retiled_d_pixel" / "0_0_20_20")
+    assert [t.name for t in tiles] == ["0_0_32_32", "32_0_40_32", "0_32_32_40", "32_32_40_40"]  # edges clamped
+    tile = read_tile(demo_run / "retiled_d_pixel" / "0_0_32_32")
     # 12 monthly composites; Dec and Jan are fully cloudy but kept as (masked) dates
-    assert tile.bands.shape[1:] == (20, 20, 10) and tile.doys.tolist() == sorted(tile.doys.tolist())
+    assert tile.bands.shape[1:] == (32, 32, 10) and tile.doys.tolist() == sorted(tile.doys.tolist())
     assert tile.sar_ascending.shape[0] > 0 and tile.sar_descending.shape[0] == 0
     assert tile.masks.any() and (tile.bands[tile.masks == 1] > 0).any()
 
@@ -112,10 +112,10 @@ def test_bf16_agrees_with_fp32(demo_run: Path, tmp_path: Path) -> None:
     from btfm_infer.tile_inference import InferenceOptions, infer_tile
 
     model = load_model(DEFAULT_CHECKPOINT)
-    out = tmp_path / "0_0_20_20.npy"
-    infer_tile(model, demo_run / "retiled_d_pixel" / "0_0_20_20", out, InferenceOptions(precision="bf16"))
+    out = tmp_path / "0_0_32_32.npy"
+    infer_tile(model, demo_run / "retiled_d_pixel" / "0_0_32_32", out, InferenceOptions(precision="bf16"))
     fast = np.load(out).reshape(-1, 128)
-    exact = np.load(demo_run / "representation_retiled" / "0_0_20_20.npy").reshape(-1, 128)
+    exact = np.load(demo_run / "representation_retiled" / "0_0_32_32.npy").reshape(-1, 128)
     inside = np.abs(exact).sum(axis=1) > 0
     cos = (fast[inside] * exact[inside]).sum(1) / (
         np.linalg.norm(fast[inside], axis=1) * np.linalg.norm(exact[inside], axis=1))

@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
 
 
 def test_dask_local_cluster_matches_local_workers(tmp_path: Path) -> None:
-    roi = crop_roi(tmp_path / "roi.tiff", width=20, height=20)
-    assert pipeline.main([str(roi), *DATES, "--tile-size", "10", "-q"]) == 0
+    roi = crop_roi(tmp_path / "roi.tiff")
+    assert pipeline.main([str(roi), *DATES, "--tile-size", "32", "-q"]) == 0
     tiles = str(tmp_path / "retiled_d_pixel")
     common = ["--tiles-dir", tiles, "--cores", "2", "--seed", "3", "-q"]
     assert infer_all_tiles.main([*common, "--output-dir", str(tmp_path / "local"), "--max-cpu", "2"]) == 0

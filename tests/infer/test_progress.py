@@ -138,10 +138,10 @@ def test_progress_file_is_throttled_and_corrected_per_tile(tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def small_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four 10 x 10 tiles of the demo sample."""
+    """Four tiles (32 x 32 and clamped edges) of a 40 x 40 crop of the demo sample."""
     run_dir = tmp_path_factory.mktemp("progress")
-    roi = crop_roi(run_dir / "roi.tiff", width=20, height=20)
-    assert pipeline.main([str(roi), *DATES, "--tile-size", "10", "-q"]) == 0
+    roi = crop_roi(run_dir / "roi.tiff")
+    assert pipeline.main([str(roi), *DATES, "--tile-size", "32", "-q"]) == 0
     return run_dir / "retiled_d_pixel"
 
 
