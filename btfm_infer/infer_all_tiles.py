@@ -44,6 +44,7 @@ from btfm_infer.progress import (
 )
 from btfm_infer.tile_checks import scan_tiles
 from btfm_infer.tile_inference import (
+    INFERENCE_RECORD,
     InferenceOptions,
     check_or_write_record,
     inference_record,
@@ -427,8 +428,21 @@ def embed_pending(args: argparse.Namespace, model: torch.nn.Module, tiles: Seque
     """Check the record, plan the workers and embed every tile not done yet (the folder lock held)."""
     remove_stale_temporaries(args.output_dir)
     # tiles already there must come from the same checkpoint, family, statistics and sampling settings
-    check_or_write_record(args.output_dir, inference_record(args.checkpoint, model,
-                                                            replace(options, precision=record_precision)))
+    wrote_record = check_or_write_record(args.output_dir, inference_record(
+        args.checkpoint, model, replace(options, precision=record_precision)))
+    try:
+        _plan_and_run(args, model, tiles, options, precisions, log_dir, split=split, n_gpu=n_gpu,
+                      asked_for_gpu=asked_for_gpu)
+    except BaseException:
+        if wrote_record and not any(args.output_dir.glob("*.npy")):  # a failed first run leaves no record
+            (args.output_dir / INFERENCE_RECORD).unlink(missing_ok=True)
+        raise
+
+
+def _plan_and_run(args: argparse.Namespace, model: torch.nn.Module, tiles: Sequence[TileId],
+                  options: InferenceOptions, precisions: dict[str, str], log_dir: Path, *, split: tuple[int, int],
+                  n_gpu: int, asked_for_gpu: bool) -> None:
+    """Plan the workers for the pending tiles and run them."""
     pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
     # validate the tile contract before any work, and count the pixels to embed
     roi_pixels = scan_tiles(args.tiles_dir, pending)  # also warns about tiles without any valid S2 observation

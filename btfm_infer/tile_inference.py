@@ -115,8 +115,11 @@ def _record_difference(previous: Any, record: dict[str, Any]) -> str:
     return "; ".join(changes[:3]) or "settings differ"
 
 
-def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> None:
+def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> bool:
     """Write ``record`` into ``output_dir``, or check it against the one already there.
+
+    Returns:
+        Whether the record was written now (False: the same record was there already).
 
     Raises:
         BTFMError: the folder holds tiles made with another checkpoint or sampling settings, which
@@ -129,7 +132,7 @@ def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> None:
         except ValueError:
             previous = None
         if previous == record:
-            return
+            return False
         if previous is not None or any(Path(output_dir).glob("*.npy")):
             raise BTFMError(f"{output_dir} holds embeddings made with another checkpoint or --seed/--repeat/"
                             f"--precision/--dim/--stats/family ({_record_difference(previous, record)}; see "
@@ -139,6 +142,7 @@ def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> None:
                     output_dir, INFERENCE_RECORD)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
+    return True
 
 
 def read_inference_record(output_dir: Path) -> dict[str, Any] | None:

@@ -204,3 +204,20 @@ def test_driver_watch_stops_an_orphan() -> None:
     _DriverWatch(None, os.getppid()).write()  # our parent: no stop
     with pytest.raises(DriverGone):
         _DriverWatch(None, os.getppid() + 100000).write()
+
+
+def test_a_failed_first_run_leaves_no_record_that_blocks_the_next(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14 item 3: inference.json stays only with the tiles it describes."""
+    from btfm_infer import infer_all_tiles
+    from tests.infer.test_families import GOLDEN, make_run
+
+    tiles_dir = make_run(tmp_path)
+    out = tmp_path / "representation_retiled"
+    command = ["--tiles-dir", str(tiles_dir), "--output-dir", str(out), "--checkpoint",
+               str(GOLDEN / "v1_0" / "v1_0.pt"), "--precision", "fp32", "--max-cpu", "1", "-q"]
+    assert infer_all_tiles.main([*command, "--seed", "-1"]) == 2
+    assert "seed" in capsys.readouterr().err
+    assert not (out / "inference.json").exists() and not list(out.glob("*.npy"))
+    assert infer_all_tiles.main([*command, "--seed", "3"]) == 0
+    assert '"seed": 3' in (out / "inference.json").read_text()
