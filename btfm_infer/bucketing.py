@@ -32,7 +32,7 @@ from btfm_infer.sampling import SEQ_LEN
 from btfm_infer.unique_tokens import encode_distinct
 
 __all__ = ["DEFAULT_BUCKETS", "bucket_lengths", "bucket_steps", "compute_itemsize", "embed_bucketed",
-           "fuse_in_batches", "resample_indices", "s1_series", "sequence_batch", "tokens_per_batch"]
+           "fuse_in_batches", "resample_indices", "resampled_steps", "s1_series", "sequence_batch", "tokens_per_batch"]
 
 #: Sequence lengths observation counts are rounded up to (v1.1 ``num_obs_checkpoints``, v2 bins).
 DEFAULT_BUCKETS = tuple(range(8, 257, 8))
@@ -113,20 +113,33 @@ def sequence_batch(values: np.ndarray, doys: np.ndarray, valid: np.ndarray, rule
         (G, length, C + 1) float32: values, then the raw day of year; all zero for a pixel
         without a valid step.
     """
-    g, _, c = values.shape
+    g, t, c = values.shape
     out = np.zeros((g, length, c + 1), dtype=np.float32)
-    if g == 0 or values.shape[1] == 0:
+    if g == 0 or t == 0:
         return out
+    steps = resampled_steps(valid, rule, length)
+    rows = np.flatnonzero(valid.any(axis=1))
+    out[rows, :, :c] = values[rows[:, None], steps[rows]]
+    out[rows, :, c] = doys[rows[:, None], steps[rows]]
+    return out
+
+
+def resampled_steps(valid: np.ndarray, rule: str, length: int) -> np.ndarray:
+    """(G, length) int64 steps each pixel feeds a backbone at one sequence length (the family's rule).
+
+    Valid steps in time order, resampled; a pixel without a valid step gets T (the index of an
+    all-zero step the caller appends).
+    """
+    g, t = valid.shape
     counts = valid.sum(axis=1)
     positions = np.argsort(~valid, axis=1, kind="stable")  # valid steps first, in time order
+    steps = np.full((g, length), t, dtype=np.int64)
     for n in np.unique(counts):
         if n == 0:
             continue
         rows = np.flatnonzero(counts == n)
-        steps = positions[rows][:, resample_indices(rule, int(n), length)]
-        out[rows, :, :c] = values[rows[:, None], steps]
-        out[rows, :, c] = doys[rows[:, None], steps]
-    return out
+        steps[rows] = positions[rows][:, resample_indices(rule, int(n), length)]
+    return steps
 
 
 def s1_series(stats: NormStats, asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray,
@@ -191,20 +204,11 @@ def bucket_steps(valid: np.ndarray, rule: str, buckets: tuple[int, ...]) -> list
         Per bucket length L: (pixels (G,) indices into N, steps (G, L) int64 indices into
         0..T, where T stands for an all-zero step: the input of a pixel without a valid step).
     """
-    t = valid.shape[1]
-    counts = valid.sum(axis=1)
-    lengths = bucket_lengths(counts, rule, buckets)
-    positions = np.argsort(~valid, axis=1, kind="stable")  # valid steps first, in time order
+    lengths = bucket_lengths(valid.sum(axis=1), rule, buckets)
     groups = []
     for length in np.unique(lengths):
         pixels = np.flatnonzero(lengths == length)
-        steps = np.full((pixels.size, int(length)), t, dtype=np.int64)
-        for n in np.unique(counts[pixels]):
-            if n == 0:
-                continue
-            rows = np.flatnonzero(counts[pixels] == n)
-            steps[rows] = positions[pixels[rows]][:, resample_indices(rule, int(n), int(length))]
-        groups.append((pixels, steps))
+        groups.append((pixels, resampled_steps(valid[pixels], rule, int(length))))
     return groups
 
 

@@ -30,8 +30,7 @@ from btfm_core.tiles import TileId, check_single_run, list_tiles, read_run_metad
 from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.hardware import PRECISIONS, cpu_description, resolve_precision
-from btfm_infer.model import quantise_dynamic_int8
-from btfm_infer.onnx_engine import ENGINES, with_engine
+from btfm_infer.onnx_engine import ENGINES
 from btfm_infer.progress import (
     PROGRESS_LOG_INTERVAL_S,
     PixelProgress,
@@ -50,7 +49,7 @@ from btfm_infer.tile_inference import (
     inference_record,
     representation_path,
 )
-from btfm_infer.worker import run_tiles
+from btfm_infer.worker import prepare_model, run_tiles
 
 log = logging.getLogger(__name__)
 
@@ -354,9 +353,7 @@ def run_in_process(plan: WorkerPlan, model: torch.nn.Module, args: argparse.Name
     """
     torch.set_num_threads(plan.threads)
     options = replace(options, precision=plan.precision, batch_size=plan.batch_size)
-    if options.precision == "int8":
-        model = quantise_dynamic_int8(model)
-    model = with_engine(model, options.engine, plan.threads)
+    model = prepare_model(model, options, plan.threads)
     reporter = PixelProgress(total_pixels, len(plan.tiles), logger=log)
     try:
         run_tiles(model, args.tiles_dir, args.output_dir, plan.tiles, options, _ReportedProgress(reporter, plan.name))

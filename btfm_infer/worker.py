@@ -100,7 +100,12 @@ def run_tiles(model: torch.nn.Module, tiles_dir: Path, output_dir: Path, tiles: 
 def load_worker_model(checkpoint: str | Path, device: str, options: InferenceOptions,
                       threads: int | None = None) -> torch.nn.Module:
     """The model a worker runs: loaded on ``device``, int8-quantised for ``precision int8``, in its engine."""
-    model = load_model(checkpoint, device, family=options.family, stats=options.stats)
+    return prepare_model(load_model(checkpoint, device, family=options.family, stats=options.stats), options,
+                         threads)
+
+
+def prepare_model(model: torch.nn.Module, options: InferenceOptions, threads: int | None = None) -> torch.nn.Module:
+    """A loaded model as ``options`` runs it: int8-quantised for ``precision int8``, in its engine."""
     if options.precision == "int8":
         model = quantise_dynamic_int8(model)
     return with_engine(model, options.engine, threads)
