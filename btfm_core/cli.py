@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from btfm_core.errors import BTFMError
+from btfm_core.errors import BTFMError, SourceError
+from btfm_core.fileio import disk_full_error, is_disk_full
+from btfm_core.logs import OWNED_HANDLER
 
 log = logging.getLogger(__name__)
 
+#: Exit code for bad input, a full disk or a failing service (the message says what to fix).
 EXIT_USAGE = 2
+#: Exit code for an unexpected error (a bug, or an environment BTFM does not handle).
+EXIT_FAILURE = 1
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -29,6 +37,44 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+#: The name a bash driver (``main_pipeline.sh``...) was run by; read once, and not passed on to child processes.
+_LAUNCHER = os.environ.pop("BTFM_PROG", None)
+
+
+def prog_name(module: str) -> str:
+    """How the user started this command, for its usage line.
+
+    ``main_pipeline.sh`` (the bash drivers say so in ``BTFM_PROG``), a console script
+    (``btfm-preprocess``), ``python -m <module>``, or the script path's name.
+    """
+    if _LAUNCHER:
+        return _LAUNCHER
+    original = list(getattr(sys, "orig_argv", []))
+    if "-m" in original[1:-1]:
+        return f"python -m {original[original.index('-m', 1) + 1]}"
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name and name not in ("__main__.py", "-c") else f"python -m {module}"
+
+
+def package_version() -> str:
+    """BTFM's version from the installed package metadata (``unknown`` outside an install)."""
+    try:
+        return importlib.metadata.version("btfm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """Add ``--version``: the command's name and BTFM's version."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s (BTFM {package_version()})")
+
+
+def add_standard_options(parser: argparse.ArgumentParser) -> None:
+    """Add what every entry point has: ``-v/--verbose``, ``-q/--quiet`` and ``--version``."""
+    add_version(parser)
+    add_verbosity(parser)
+
+
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
     """Add ``-v/--verbose`` and ``-q/--quiet``."""
     group = parser.add_mutually_exclusive_group()
@@ -38,21 +84,76 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
                        help="log only warnings and errors to the console")
 
 
+def log_file_path() -> str | None:
+    """The log file the root logger writes to (set by ``setup_logging``), if any."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and getattr(handler, OWNED_HANDLER, False):
+            return handler.baseFilename
+    return None
+
+
+def _report(message: str, exc: BaseException | None = None) -> None:
+    """Print one error line (secrets redacted); the traceback goes to the log (and the console with -v)."""
+    from btfm_core.redact import redact
+
+    message = redact(message)
+    if not logging.getLogger().handlers:
+        print(f"error: {message}", file=sys.stderr)
+        return
+    log.error("%s", message)
+    if exc is not None:
+        log.debug("traceback of the error above", exc_info=exc)
+
+
+def _where_details() -> str:
+    path = log_file_path()
+    return f"the traceback is in {path} (run with -v to see it here)" if path else "run with -v to see the traceback"
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    """A one-line message for an exception that is not a :class:`BTFMError`: what failed, the likely fix."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return ("out of memory: the step needs more RAM than this machine has; use smaller tiles "
+                f"(--tile-size), fewer workers or a smaller region; {_where_details()}")
+    if is_disk_full(exc):
+        return str(disk_full_error(getattr(exc, "filename", None) or "the output"))
+    requests_module = sys.modules.get("requests")
+    network_types: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    if requests_module is not None:
+        network_types += (requests_module.exceptions.RequestException,)
+    if isinstance(exc, network_types):
+        return (f"network request failed ({type(exc).__name__}: {text}); check the connection, proxy settings "
+                f"and the service's status, then run again (finished work is kept); {_where_details()}")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return (f"cannot access {exc.filename}: {exc.strerror or text}; check the path and its permissions; "
+                f"{_where_details()}")
+    return (f"unexpected error ({type(exc).__name__}: {text}); this is a bug in BTFM or an unusual environment; "
+            f"{_where_details()}; please report it with the log")
+
+
 def entry_point(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap ``main(argv) -> int`` so BTFM errors print one clear line and exit 2."""
+    """Wrap ``main(argv) -> int`` so that no traceback reaches the console.
+
+    A :class:`BTFMError` (bad input, a full disk, a failing service) prints its one-line message
+    and exits 2; anything else prints one line saying what failed and where the traceback is
+    logged, and exits 1. Messages are redacted of credentials.
+    """
 
     @functools.wraps(func)
     def wrapper(argv: Sequence[str] | None = None) -> int:
         try:
             return func(argv)
         except BTFMError as exc:
-            if logging.getLogger().handlers:
-                log.error("%s", exc)
-            else:
-                print(f"error: {exc}", file=sys.stderr)
+            where = log_file_path()
+            # a failing service: its answers and the retries are in the log
+            _report(f"{exc} (details in {where})" if isinstance(exc, SourceError) and where else str(exc), exc)
             return EXIT_USAGE
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Exception as exc:  # MemoryError, OSError, network and library errors: one line, never a traceback
+            _report(describe_unexpected(exc), exc)
+            return EXIT_USAGE if is_disk_full(exc) else EXIT_FAILURE
 
     return wrapper

@@ -51,3 +51,21 @@ class CredentialsError(SourceError):
 
 class DownloadError(SourceError):
     """A download failed or ended incomplete (size or checksum mismatch)."""
+
+
+class ServiceUnavailableError(SourceError, ConnectionError):
+    """A service could not be reached (no network, DNS, refused, timed out) or kept failing (HTTP 5xx/429)
+    after the bounded retries; the message names the service, the URL and what to try."""
+
+
+class UnexpectedResponseError(SourceError, ValueError):
+    """A service answered, but not what its API promises (not JSON, a missing key, not STAC), or a
+    static catalog links to a file that is missing or unreadable; the message names what was missing."""
+
+
+class DiskFullError(BTFMError, OSError):
+    """Not enough free space for an output, found before writing or when the disk filled up."""
+
+
+class TooLargeError(BTFMError, ValueError):
+    """A raster or array request is larger than the stated limit; the message names the flag to raise it."""

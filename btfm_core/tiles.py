@@ -29,7 +29,7 @@ import numpy as np
 import rasterio
 
 from btfm_core.errors import TileFormatError
-from btfm_core.fileio import atomic_path
+from btfm_core.fileio import atomic_path, create_npy
 from btfm_core.grid import Grid
 
 SCHEMA_VERSION = 1
@@ -142,6 +142,22 @@ _ARRAY_SPECS: dict[str, tuple[np.dtype, int, int | None]] = {
     **{sar_doy_file(d): (np.dtype(np.int32), 1, None) for d in ORBIT_DIRECTIONS},
 }
 REQUIRED_FILES: tuple[str, ...] = (*_ARRAY_SPECS, ROI_FILE)
+
+
+def tile_bytes(shape: tuple[int, int], s2_dates: int, s1_dates: dict[str, int]) -> int:
+    """Bytes the arrays of one tile take on disk at most (headers and ``roi.tiff`` aside).
+
+    Args:
+        shape: (H, W) of the tile in pixels.
+        s2_dates: Sentinel-2 acquisition days T (a tile keeps at most this many).
+        s1_dates: Sentinel-1 days per orbit direction (``ascending``/``descending``).
+    """
+    pixels = shape[0] * shape[1]
+    total = s2_dates * pixels * (len(S2_BANDS) * 2 + 1) + s2_dates * 2
+    for direction in ORBIT_DIRECTIONS:
+        days = s1_dates.get(direction, 0)
+        total += days * (pixels * len(S1_BANDS) * 2 + 4)
+    return total
 
 
 def _check_array(folder: Path, name: str, array: np.ndarray, height: int, width: int) -> None:
@@ -344,7 +360,7 @@ class TileWriter:
     def _allocate(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         dtype = _ARRAY_SPECS[name][0]
         self._written.add(name)
-        return np.lib.format.open_memmap(self.folder / name, mode="w+", dtype=dtype, shape=shape)
+        return create_npy(self.folder / name, dtype, shape)
 
     def shrink_dates(self, name: str, n_dates: int) -> None:
         """Keep only the first ``n_dates`` slices of an allocated array (copied slice by slice)."""
@@ -353,7 +369,7 @@ class TileWriter:
         if old.shape[0] == n_dates:
             return
         tmp = path.with_name(f"shrink-{name}")
-        new = np.lib.format.open_memmap(tmp, mode="w+", dtype=old.dtype, shape=(n_dates, *old.shape[1:]))
+        new = create_npy(tmp, old.dtype, (n_dates, *old.shape[1:]))
         for index in range(n_dates):
             new[index] = old[index]
         new.flush()

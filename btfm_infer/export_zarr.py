@@ -1,25 +1,40 @@
-"""Write a stitched embedding as a Zarr v3 store (zarr-python 3), float32 or int8 + per-pixel scale.
+"""Write a stitched embedding as a Zarr store that xarray, rioxarray and GDAL open georeferenced.
 
-Layout of the store (a Zarr group)::
+Layout (a Zarr group written by xarray + rioxarray, CF conventions)::
 
-    embedding   (y, x, band)  float32, NaN outside the ROI    (int8: q, -128 outside the ROI)
-    scales      (y, x)        float32, NaN outside the ROI    (int8 only: embedding = q * scale)
-    x, y        (x,), (y,)    float64 pixel-centre coordinates in the CRS (for xarray)
-    spatial_ref ()            int8 0, CF grid-mapping attributes (crs_wkt, GeoTransform) as rioxarray writes them
+    embedding   (y, x, band)  float32, NaN outside the ROI  (int8: q, _FillValue -128 outside the ROI)
+    scales      (y, x)        float32, NaN outside the ROI  (int8 only: embedding = q * scales)
+    x, y        (x,), (y,)    float64 pixel centres in the map CRS (CF projection_x/y_coordinate)
+    band        (band,)       band names A00, A01, ... (the GeoTIFF's band descriptions)
+    spatial_ref ()            CF grid mapping: crs_wkt, spatial_ref (WKT) and GDAL GeoTransform
 
-Chunking: the axis order is the ``.npy``'s, (y, x, band), and every chunk holds **all bands**,
-so one pixel's 128-d vector is one chunk read. Inner chunks are 32 x 32 px (512 KiB of float32,
-128 KiB of int8): reading a pixel decompresses little, and a window reads whole chunks. They are
-grouped into 256 x 256 px **shards** (one file each, 64 chunks plus an index), which keeps the
-file count low (≈ 1 900 files for 110 x 110 km) and lets the writer stream one shard at a time:
-memory holds one 256 x 256 x 128 block, never the ROI. Compression is Blosc-zstd (level 3) with
-byte shuffle, which groups the float32 exponent bytes and is fast to decode; any Zarr v3 reader
-with Blosc (zarr-python, zarrs, tensorstore) opens the store.
+Each data variable names ``spatial_ref`` in ``grid_mapping`` *and* in ``coordinates``, so a plain
+``xr.open_zarr(path)`` makes it a coordinate and ``.rio.crs`` / ``.rio.transform()`` work; CF
+decoding masks the nodata (``_FillValue``): the int8 ``embedding`` reads as float32 q with NaN
+outside the ROI, and ``ds.embedding * ds.scales`` is the embedding (``mask_and_scale=False``
+keeps the raw int8). Metadata is consolidated.
 
-Group attributes record the CRS (WKT and EPSG code), the affine transform (rasterio order) and
-GDAL GeoTransform, nodata, band names and the dtype and quantisation rule; the exporter's caller
-adds provenance (checkpoint, sources). The store is written under a temporary name and renamed
-when complete.
+Two layouts (:class:`ZarrLayout`); every chunk holds **all bands**, so one pixel's vector is one
+chunk read:
+
+- default: **Zarr v2**, 128 x 128 px chunks (8 MiB float32, 2 MiB int8 before compression),
+  consolidated ``.zmetadata``. GDAL >= 3.9 (the 3.10 inside the rasterio wheels; QGIS built on
+  it) opens ``ZARR:"emb.zarr":/embedding`` as a C-band raster (band metadata ``DIM_band_VALUE``
+  = the band name) with CRS, transform and nodata: it finds x and y by their CF attributes and
+  the CRS through ``grid_mapping``. (GDAL 3.6 lists the arrays but has neither multiband 3-D
+  views, from 3.8, nor CF CRS, from 3.9; GDAL 3.10 reads no Zarr v3 that zarr-python 3 writes:
+  "Unsupported codec: bytes".)
+- ``sharding=True``: **Zarr v3**, 32 x 32 px chunks in 256 x 256 px shards (one file per shard,
+  far fewer files, cheap pixel reads); read by zarr-python >= 3 (xarray), not by GDAL < 3.13.
+
+Compression is Blosc-zstd (level 3) with byte shuffle. Group attributes also record the CRS (WKT,
+EPSG), the affine transform, nodata, band names, dtype and layout; the caller adds provenance.
+
+The writer streams: ``to_zarr(compute=False)`` of a template with lazy (never computed) data
+variables writes the metadata and coordinates, then each 256 x 256 px block read from the
+``.npy``'s memory map is masked (and quantised) and written with ``to_zarr(region=...)``, so
+memory holds one block (32 MiB of float32 for C = 128), never the ROI. The store is written
+under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -27,12 +42,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
+import numcodecs
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
@@ -41,6 +62,7 @@ from btfm_core.grid import Grid
 from btfm_core.roi import Roi
 from btfm_infer.export_common import (
     INT8_NODATA,
+    Block,
     CosineStats,
     band_names,
     block_count,
@@ -51,15 +73,49 @@ from btfm_infer.export_common import (
 
 log = logging.getLogger(__name__)
 
-#: Pixels per side of one shard (one file, the unit the writer streams).
-SHARD_SIZE = 256
-#: Pixels per side of one inner chunk (the unit a reader decompresses).
-CHUNK_SIZE = 32
 EMBEDDING_ARRAY = "embedding"
 SCALES_ARRAY = "scales"
-#: Format marker stored in the group attributes.
+GRID_MAPPING = "spatial_ref"
+#: Format marker stored in the group attributes (version 2: xarray/CF layout, Zarr v2 by default).
 FORMAT = "btfm-embedding-zarr"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Pixels per side of the blocks the writer streams (a multiple of every layout's chunk and shard).
+BLOCK_SIZE = 256
+
+
+@dataclass(frozen=True)
+class ZarrLayout:
+    """Zarr format and chunking of a store.
+
+    Attributes:
+        zarr_format: 2 or 3.
+        chunk: pixels per side of a chunk (the unit a reader decompresses; all bands in each).
+        shard: pixels per side of a shard (Zarr v3 sharding: one file of chunks), or None.
+    """
+
+    zarr_format: int
+    chunk: int
+    shard: int | None = None
+
+    def chunks(self, channels: int) -> tuple[int, int, int]:
+        """(y, x, band) chunk shape of the embedding."""
+        return (self.chunk, self.chunk, channels)
+
+    def shards(self, channels: int) -> tuple[int, int, int] | None:
+        """(y, x, band) shard shape of the embedding, or None."""
+        return None if self.shard is None else (self.shard, self.shard, channels)
+
+    def as_dict(self, channels: int) -> dict[str, Any]:
+        """``{"zarr_format", "chunks", "shards"}`` for attributes and STAC."""
+        shards = self.shards(channels)
+        return {"zarr_format": self.zarr_format, "chunks": list(self.chunks(channels)),
+                "shards": None if shards is None else list(shards)}
+
+
+#: The default: Zarr v2 without sharding, which GDAL 3.10 (rasterio wheels) and QGIS read.
+DEFAULT_LAYOUT = ZarrLayout(zarr_format=2, chunk=128)
+#: ``--zarr-sharding``: Zarr v3, 32 px chunks in 256 px shards (zarr-python >= 3, GDAL >= 3.13).
+SHARDED_LAYOUT = ZarrLayout(zarr_format=3, chunk=32, shard=256)
 
 
 @dataclass(frozen=True)
@@ -70,15 +126,21 @@ class ZarrExport:
         path: the store (a folder).
         dtype: ``float32`` or ``int8``.
         cosine: int8 reconstruction cosine over the ROI's non-zero pixels (int8 only), else None.
+        layout: Zarr format and chunking.
     """
 
     path: Path
     dtype: str
     cosine: CosineStats | None
+    layout: ZarrLayout = DEFAULT_LAYOUT
 
 
-def _compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+def read_layout(path: str | os.PathLike[str]) -> ZarrLayout:
+    """The layout of an existing store, read from its ``embedding`` array."""
+    array = zarr.open_group(str(path), mode="r")[EMBEDDING_ARRAY]
+    assert isinstance(array, zarr.Array)
+    shards = array.shards
+    return ZarrLayout(array.metadata.zarr_format, int(array.chunks[0]), None if shards is None else int(shards[0]))
 
 
 def geotransform(grid: Grid) -> list[float]:
@@ -106,10 +168,76 @@ def _coordinates(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _compressor(layout: ZarrLayout) -> numcodecs.Blosc | BloscCodec:
+    if layout.zarr_format == 2:
+        return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def _encoding(layout: ZarrLayout, shape: tuple[int, ...], fill: float | int) -> dict[str, Any]:
+    """Zarr encoding of a (y, x[, band]) data variable: chunks, shards, compression, nodata."""
+    channels = shape[2] if len(shape) == 3 else 0
+    chunks, shards = layout.chunks(channels)[:len(shape)], layout.shards(channels)
+    encoding: dict[str, Any] = {"chunks": chunks, "compressors": (_compressor(layout),),
+                                "coordinates": GRID_MAPPING}  # so that xarray decodes it as a coordinate
+    if shards is not None:
+        encoding["shards"] = shards[:len(shape)]
+    if layout.zarr_format == 3:
+        encoding["fill_value"] = fill  # the array's own fill value (v2 takes it from _FillValue)
+    return encoding
+
+
+def _template(grid: Grid, channels: int, dtype: str, layout: ZarrLayout, attrs: Mapping[str, Any]) -> xr.Dataset:
+    """The store's Dataset with lazy, never-computed data variables: metadata and coordinates only."""
+    height, width = grid.shape
+    quantise = dtype == "int8"
+    names = np.array(band_names(channels), dtype=object if layout.zarr_format == 3 else str)  # v3: vlen strings
+    x, y = _coordinates(grid)
+    variables: dict[str, Any] = {EMBEDDING_ARRAY: (
+        ("y", "x", "band"), da.zeros((height, width, channels), dtype=dtype, chunks=(BLOCK_SIZE, BLOCK_SIZE, -1)),
+        {"long_name": "BTFM embedding" + (" (int8 q; multiply by scales)" if quantise else "")})}
+    if quantise:
+        variables[SCALES_ARRAY] = (("y", "x"), da.zeros((height, width), dtype="float32", chunks=BLOCK_SIZE),
+                                   {"long_name": "per-pixel scale: embedding = embedding_q * scale"})
+    dataset = xr.Dataset(variables, coords={"y": y, "x": x, "band": ("band", names, {"long_name": "band name"})})
+    dataset = dataset.rio.write_crs(grid.rasterio_crs, grid_mapping_name=GRID_MAPPING)
+    dataset = dataset.rio.write_transform(grid.transform).rio.write_coordinate_system()
+    dataset.attrs.update(attrs)  # after rioxarray, which drops a "transform" attribute
+    for name, fill in ((EMBEDDING_ARRAY, INT8_NODATA if quantise else np.nan), (SCALES_ARRAY, np.nan)):
+        if name in dataset:
+            variable = dataset[name].rio.write_nodata(fill, encoded=True)
+            variable.encoding.update(_encoding(layout, variable.shape, fill))
+            dataset[name] = variable
+    return dataset
+
+
+@contextmanager
+def _quiet_consolidation() -> Iterator[None]:
+    """Silence zarr-python's notice that v3 consolidated metadata is an extension (it reads it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        yield
+
+
+def _block_dataset(block: Block, quantise: bool, int8_rule: str, cosine: CosineStats | None) -> xr.Dataset:
+    """One block's data variables: masked float32, or int8 q + scales (the cosine statistics updated)."""
+    outside = ~block.inside
+    if not quantise:
+        block.values[outside] = np.nan
+        return xr.Dataset({EMBEDDING_ARRAY: (("y", "x", "band"), block.values)})
+    q, scale = quantise_int8(block.values, int8_rule)
+    assert cosine is not None
+    cosine.update(block.values[block.inside], q[block.inside], scale[block.inside])
+    q[outside] = INT8_NODATA
+    scale[outside] = np.nan
+    return xr.Dataset({EMBEDDING_ARRAY: (("y", "x", "band"), q), SCALES_ARRAY: (("y", "x"), scale)})
+
+
 def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
                          out_path: str | os.PathLike[str], dtype: str = "float32",
-                         attributes: Mapping[str, Any] | None = None, int8_rule: str = "v1.0") -> ZarrExport:
-    """Write a stitched embedding as a Zarr v3 store on the ROI grid (layout in the module doc).
+                         attributes: Mapping[str, Any] | None = None, int8_rule: str = "v1.0",
+                         sharding: bool = False) -> ZarrExport:
+    """Write a stitched embedding as a Zarr store on the ROI grid (layout in the module doc).
 
     Args:
         npy_path: the (H, W, C) floating-point embedding, H, W = the ROI's size.
@@ -118,6 +246,8 @@ def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.P
         dtype: ``float32``, or ``int8`` (per-pixel symmetric quantisation + a ``scales`` array).
         attributes: more group attributes (JSON-serialisable), e.g. provenance.
         int8_rule: the model family's int8 rule (:func:`~btfm_infer.export_common.quantise_int8`).
+        sharding: Zarr v3 with shards (:data:`SHARDED_LAYOUT`; not readable by GDAL < 3.13)
+            instead of the GDAL-readable Zarr v2 default (:data:`DEFAULT_LAYOUT`).
 
     Returns:
         What was written.
@@ -128,63 +258,31 @@ def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.P
         InvalidROIError: if the ROI cannot be used.
     """
     roi, out_path, (height, width, channels) = open_export(npy_path, roi, out_path, dtype)
-    grid = roi.grid
+    layout = SHARDED_LAYOUT if sharding else DEFAULT_LAYOUT
     quantise = dtype == "int8"
-    names = band_names(channels)
-    nodata: float | int | str = INT8_NODATA if quantise else "nan"
     group_attrs: dict[str, Any] = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, **grid_attributes(grid),
-        "dimensions": ["y", "x", "band"], "band_names": names, "dtype": dtype, "nodata": nodata,
+        "format": FORMAT, "format_version": FORMAT_VERSION, **grid_attributes(roi.grid),
+        "dimensions": ["y", "x", "band"], "band_names": band_names(channels), "dtype": dtype,
+        "nodata": INT8_NODATA if quantise else "nan", "layout": layout.as_dict(channels),
         "embedding": ("embedding = embedding_q * scales (per pixel); -128 = outside the ROI" if quantise
                       else "embedding values; NaN = outside the ROI"),
         **dict(attributes or {}),
     }
     cosine = CosineStats() if quantise else None
-    with atomic_path(out_path) as tmp:
-        root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3, attributes=group_attrs)
-        embedding = root.create_array(
-            EMBEDDING_ARRAY, shape=(height, width, channels), dtype=dtype,
-            chunks=(CHUNK_SIZE, CHUNK_SIZE, channels), shards=(SHARD_SIZE, SHARD_SIZE, channels),
-            compressors=_compressor(), fill_value=INT8_NODATA if quantise else np.nan,
-            dimension_names=("y", "x", "band"),
-            attributes={"band_names": names, "nodata": nodata, "grid_mapping": "spatial_ref",
-                        "long_name": "BTFM embedding" + (" (int8 q; multiply by scales)" if quantise else "")})
-        scales = None
-        if quantise:
-            scales = root.create_array(
-                SCALES_ARRAY, shape=(height, width), dtype="float32", chunks=(CHUNK_SIZE, CHUNK_SIZE),
-                shards=(SHARD_SIZE, SHARD_SIZE), compressors=_compressor(), fill_value=np.nan,
-                dimension_names=("y", "x"),
-                attributes={"nodata": "nan", "grid_mapping": "spatial_ref",
-                            "long_name": "per-pixel scale: embedding = embedding_q * scale"})
-        x, y = _coordinates(grid)
-        for name, values in (("x", x), ("y", y)):
-            coord = root.create_array(name, shape=values.shape, dtype="float64", chunks=values.shape,
-                                      dimension_names=(name,), attributes={"units": "m", "axis": name.upper()})
-            coord[:] = values
-        spatial_ref = root.create_array("spatial_ref", shape=(), dtype="int8", fill_value=0, attributes={
-            "crs_wkt": grid.crs, "spatial_ref": grid.crs, "GeoTransform": " ".join(map(repr, geotransform(grid)))})
-        spatial_ref[...] = 0
-        total = block_count(height, width, SHARD_SIZE, SHARD_SIZE)
-        for count, block in enumerate(iter_blocks(npy_path, roi, SHARD_SIZE, SHARD_SIZE), start=1):
+    total = block_count(height, width, BLOCK_SIZE, BLOCK_SIZE)
+    with atomic_path(out_path) as tmp, _quiet_consolidation():
+        template = _template(roi.grid, channels, dtype, layout, group_attrs)
+        template.to_zarr(tmp, mode="w", compute=False, consolidated=True, zarr_format=layout.zarr_format)
+        for count, block in enumerate(iter_blocks(npy_path, roi, BLOCK_SIZE, BLOCK_SIZE), start=1):
             h, w = block.shape
-            index = np.s_[block.row0:block.row0 + h, block.col0:block.col0 + w]
-            outside = ~block.inside
-            if scales is None:
-                block.values[outside] = np.nan
-                embedding[index] = block.values
-            else:
-                q, scale = quantise_int8(block.values, int8_rule)
-                assert cosine is not None
-                cosine.update(block.values[block.inside], q[block.inside], scale[block.inside])
-                q[outside] = INT8_NODATA
-                scale[outside] = np.nan
-                embedding[index] = q
-                scales[index] = scale
+            region = {"y": slice(block.row0, block.row0 + h), "x": slice(block.col0, block.col0 + w)}
+            _block_dataset(block, quantise, int8_rule, cosine).to_zarr(
+                tmp, region=region, consolidated=True, zarr_format=layout.zarr_format)
             if count % max(1, math.ceil(total / 10)) == 0:
-                log.debug("zarr: %d / %d shards written", count, total)
+                log.debug("zarr: %d / %d blocks written", count, total)
         if cosine is not None:
-            root.attrs["int8_cosine"] = cosine.as_dict()
-    log.info("wrote %s: Zarr v3, %d x %d px, %d %s bands%s", out_path, width, height, channels, dtype,
-             f"; reconstruction cosine mean {cosine.mean:.6f}, min {cosine.minimum:.6f}" if cosine else "")
-    return ZarrExport(out_path, dtype, cosine)
+            zarr.open_group(str(tmp), mode="r+", zarr_format=layout.zarr_format).attrs["int8_cosine"] = cosine.as_dict()
+            zarr.consolidate_metadata(str(tmp), zarr_format=layout.zarr_format)
+    log.info("wrote %s: Zarr v%d, %d x %d px, %d %s bands%s", out_path, layout.zarr_format, width, height, channels,
+             dtype, f"; reconstruction cosine mean {cosine.mean:.6f}, min {cosine.minimum:.6f}" if cosine else "")
+    return ZarrExport(out_path, dtype, cosine, layout)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
 from btfm_core.errors import BTFMError
-from btfm_core.fileio import ensure_writable_dir, remove_stale_temporaries
+from btfm_core.fileio import check_free_space, ensure_writable_dir, remove_stale_temporaries
 from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId, check_single_run, list_tiles, read_run_metadata
@@ -47,6 +47,7 @@ from btfm_infer.tile_inference import (
     InferenceOptions,
     check_or_write_record,
     inference_record,
+    output_dim,
     representation_path,
 )
 from btfm_infer.worker import prepare_model, run_tiles
@@ -115,7 +116,7 @@ def plan_workers(tiles: Sequence[TileId], split: tuple[int, int], max_cpu: int, 
 def build_parser() -> argparse.ArgumentParser:
     """Command line of the inference step."""
     parser = argparse.ArgumentParser(
-        prog="infer_all_tiles.sh",
+        prog=prog_name("btfm_infer.infer_all_tiles"),
         description="Embed every tile folder with a TESSERA model of any family (v1.0, v1.0 QAT, v1.1, v2 "
                     "students; recognised from the checkpoint), fanning tiles out to CPU and GPU worker processes. "
                     "Writes representation_retiled/<tile>.npy (H, W, D) float32 (D = 128, or --dim).",
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run the tiles on a local Dask cluster of N worker processes")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="per-process logs (default: logs/ beside --tiles-dir)")
-    add_verbosity(parser)
+    add_standard_options(parser)
     return parser
 
 
@@ -443,6 +444,8 @@ def _plan_and_run(args: argparse.Namespace, model: torch.nn.Module, tiles: Seque
     pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
     # validate the tile contract before any work, and count the pixels to embed
     roi_pixels = scan_tiles(args.tiles_dir, pending)  # also warns about tiles without any valid S2 observation
+    check_free_space(args.output_dir, sum(t.shape[0] * t.shape[1] for t in pending) * output_dim(model, options) * 4,
+                     f"the embeddings of {len(pending)} tile(s)")
     if split[1] > 0 and args.max_gpu > 0 and n_gpu == 0 and asked_for_gpu:
         log.warning("no CUDA GPU found: the GPU share of tiles runs on the CPU workers")
     plans = [replace(p, precision=precisions[torch.device(p.device).type])

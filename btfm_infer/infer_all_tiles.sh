@@ -4,4 +4,4 @@
 # Run with --help for all flags. Works from any directory.
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../scripts/python_env.sh"
-exec "$BTFM_PYTHON" -m btfm_infer.infer_all_tiles "$@"
+BTFM_PROG="$(basename "$0")" exec "$BTFM_PYTHON" -m btfm_infer.infer_all_tiles "$@"

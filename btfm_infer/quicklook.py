@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +124,7 @@ def _gather(npy_path: Path, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 def write_quicklook_png(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
                         out_path: str | os.PathLike[str], max_size: int = DEFAULT_MAX_SIZE,
-                        seed: int = 0) -> Path:
+                        seed: int = 0, tags: Mapping[str, str] | None = None) -> Path:
     """Write an RGBA PNG of the embedding's first three principal components.
 
     The PCA and the 2nd–98th percentile stretch are fitted on a random sample (up to
@@ -139,6 +139,7 @@ def write_quicklook_png(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         out_path: the PNG to write (replaced atomically if it exists).
         max_size: longest side of the PNG in pixels.
         seed: seed of the pixel sample; the same seed gives the same bytes.
+        tags: metadata written as PNG text chunks (read back by GDAL as dataset tags).
 
     Returns:
         ``out_path``.
@@ -187,6 +188,9 @@ def write_quicklook_png(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         # a plain image: no CRS or transform on purpose, so silence rasterio's warning about it
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(  # no .aux.xml side file
-                tmp, "w", driver="PNG", width=out_w, height=out_h, count=4, dtype="uint8") as dst:
+                tmp, "w", driver="PNG", width=out_w, height=out_h, count=4, dtype="uint8",
+                WRITE_METADATA_AS_TEXT="YES") as dst:
             dst.write(rgba)
+            if tags:
+                dst.update_tags(**tags)
     return out_path

@@ -1,33 +1,54 @@
-"""Provenance of an exported embedding and its STAC item (projection + raster extensions).
+"""Provenance of an exported embedding and its STAC item.
 
 Provenance comes from two optional places: the preprocessing run's ``run_metadata.json``
 (``retiled_d_pixel/run_metadata.json`` beside the stitched ``.npy``; sources, collections,
-backscatter kind, S2/S1 periods) and the checkpoint file given on the command line (name,
-sha256, model dimensions). Both are recorded in the GeoTIFF tags, the Zarr attributes and the
-STAC item. The item is written without timestamps of its own and with relative asset hrefs, so
-the same run gives the same bytes and the folder can be moved.
+backscatter kind, S2/S1 periods) and the model: the checkpoint file given on the command line
+or what ``infer_all_tiles`` recorded in ``representation_retiled/inference.json`` (name, sha256,
+size, family, statistics, dimensions). Both are recorded in the GeoTIFF tags, the Zarr
+attributes and the STAC item. The item is written without timestamps of its own and with
+relative asset hrefs, so the same run gives the same bytes and the folder can be moved.
+
+The item uses STAC 1.1 and these extensions, so that generic tools read it:
+
+- projection v2 (grid) and raster v1.1 (``raster:bands``: data type, nodata, resolution);
+- band names ``A00`` … on the embedding, both as STAC 1.1 ``bands`` and as EO v1.1
+  ``eo:bands`` (odc-stac names its variables from ``eo:bands``);
+- MLM v1.4 (the model: name, architecture, framework, inputs in the tile band order with the
+  family's normalisation, output, dimensions) with a ``model`` asset for the checkpoint;
+- file v2.1: ``file:size`` and ``file:checksum`` (SHA2-256 multihash) of every file asset.
+
+What MLM has no field for stays under ``btfm:`` (:data:`BTFM_MODEL_KEYS`, sources, export details).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pystac
+from pystac.extensions.eo import Band, EOExtension
+from pystac.extensions.file import FileExtension
+from pystac.extensions.mlm import MLMExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from rasterio.warp import transform as transform_points
 
 from btfm_core.errors import CheckpointError, InputDataError
-from btfm_core.fileio import atomic_path
+from btfm_core.fileio import atomic_path, file_digest
 from btfm_core.grid import Grid
-from btfm_core.tiles import RUN_METADATA_FILE
+from btfm_core.tiles import RUN_METADATA_FILE, S1_BANDS, S2_BANDS
+from btfm_infer.export_common import band_names
+from btfm_infer.families import FAMILIES, STATS, Family, NormStats
+from btfm_infer.sampling import SEQ_LEN
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +59,20 @@ SOURCE_KEYS = ("source", "root", "s2_collection", "s1_source", "s1_collection", 
                "s1_backscatter_recorded", "s2_period", "s1_period", "max_cloud", "s2_scenes", "s1_scenes")
 #: Points per edge when projecting the grid's outline to longitude/latitude.
 _EDGE_POINTS = 21
+#: Multihash prefix of a SHA2-256 digest (function 0x12, 0x20 bytes), as ``file:checksum`` wants it.
+SHA256_MULTIHASH_PREFIX = "1220"
+#: Asset key of the checkpoint (the MLM model asset).
+MODEL_ASSET = "model"
+#: Media type of a ``torch.save`` checkpoint (MLM's recommendation for a PyTorch ``.pt``).
+CHECKPOINT_MEDIA_TYPE = "application/octet-stream; framework=pytorch"
+#: MLM v1.4 has no "embedding" or "feature-extraction" task; embeddings serve similarity search.
+MLM_TASKS = ("similarity-search",)
+#: Model record keys MLM has no field for, kept as ``btfm:model`` (family name, statistics set,
+#: input and int8 rules, and the inference run's seed, repeat and precision).
+BTFM_MODEL_KEYS = ("family", "stats", "input_rule", "int8_rule", "seed", "repeat", "precision")
+#: EO v1.1 common names of the S2 bands of the tiles.
+S2_COMMON_NAMES = {"B04": "red", "B02": "blue", "B03": "green", "B08": "nir", "B8A": "nir08", "B05": "rededge",
+                   "B06": "rededge", "B07": "rededge", "B11": "swir16", "B12": "swir22"}
 
 
 @dataclass(frozen=True)
@@ -210,8 +245,10 @@ class AssetSpec:
         media_type: its media type.
         roles: STAC roles.
         title: human-readable title.
-        bands: raster:bands entries as ``(data_type, nodata, count)``, or None for no raster:bands.
+        bands: the bands as ``(data_type, nodata, count)``, or None for an asset without bands.
         extra: more asset fields (``btfm:`` prefixed).
+        band_names: names of the bands; default ``A00`` … (:func:`~btfm_infer.export_common.band_names`)
+            for several bands, the asset key for one.
     """
 
     key: str
@@ -221,16 +258,171 @@ class AssetSpec:
     title: str
     bands: tuple[str, float | int | str, int] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    band_names: Sequence[str] | None = None
 
 
 def _href(target: Path, item_path: Path) -> str:
     return "./" + Path(os.path.relpath(target, item_path.parent)).as_posix()
 
 
+def sha256_multihash(hex_digest: str) -> str:
+    """A hex SHA-256 digest as the multihash hex string of ``file:checksum``."""
+    if not re.fullmatch(r"[0-9a-f]{64}", hex_digest):
+        raise ValueError(f"not a lower-case hex SHA-256 digest: {hex_digest!r}")
+    return SHA256_MULTIHASH_PREFIX + hex_digest
+
+
+def file_fields(path: Path) -> dict[str, Any]:
+    """``file:size`` (bytes) and ``file:checksum`` of a file, read in chunks; {} for a folder (a Zarr store)."""
+    if not path.is_file():
+        return {}
+    return {"file:size": path.stat().st_size, "file:checksum": sha256_multihash(file_digest(path))}
+
+
+def _add_bands(asset: pystac.Asset, spec: AssetSpec, resolution: float) -> None:
+    """Name the asset's bands: STAC 1.1 ``bands``, ``eo:bands`` (odc-stac's variable names), ``raster:bands``."""
+    assert spec.bands is not None
+    data_type, nodata, count = spec.bands
+    names = list(spec.band_names or (band_names(count) if count > 1 else [spec.key]))
+    if len(names) != count:
+        raise ValueError(f"asset {spec.key}: {len(names)} band names for {count} bands")
+    described = [(name, f"embedding dimension {i} of {count}" if spec.band_names is None and count > 1
+                  else spec.title) for i, name in enumerate(names)]
+    asset.extra_fields["bands"] = [{"name": name, "description": text, "data_type": data_type, "nodata": nodata}
+                                   for name, text in described]
+    EOExtension.ext(asset, add_if_missing=True).apply(
+        bands=[Band.create(name=name, description=text) for name, text in described])
+    band = {"data_type": DataType(data_type), "nodata": nodata, "spatial_resolution": resolution}
+    RasterExtension.ext(asset, add_if_missing=True).apply([RasterBand.create(**band) for _ in range(count)])
+
+
+def _shortest(values: np.ndarray) -> list[float]:
+    """The float32 values the model applies, as the shortest decimals that give them back (``2683.4553``)."""
+    return [float(np.format_float_positional(v, unique=True, trim="-")) for v in np.asarray(values, np.float32)]
+
+
+def _z_scores(mean: np.ndarray, std: np.ndarray) -> list[dict[str, Any]]:
+    return [{"type": "z-score", "mean": m, "stddev": s} for m, s in zip(_shortest(mean), _shortest(std), strict=True)]
+
+
+def mlm_inputs(family: Family, stats: NormStats) -> list[dict[str, Any]]:
+    """MLM input objects: S2 and S1 (ascending, descending) series in the tile band order, standardised.
+
+    The model's inputs are ``s2_x`` (B, T, 11) and ``s1_x`` (B, T', 3) float32: the bands standardised
+    as ``(x - mean) / (std + 1e-9)``, then the raw day of year. S1 ascending and descending steps
+    have their own statistics and are concatenated in time (ascending first) into ``s1_x``.
+    """
+    sampled = family.input_rule == "sampled-40"
+    steps = SEQ_LEN if sampled else -1
+    rule = (f"{SEQ_LEN} time steps drawn per pixel among its valid ones (input rule {family.input_rule})" if sampled
+            else f"every valid observation, resampled to a bucket length (input rule {family.input_rule})")
+    structure = {"dim_order": ["batch", "time", "channel"], "data_type": "float32"}
+    s2 = {"name": "s2_x", "bands": list(S2_BANDS),
+          "input": {"shape": [-1, steps, len(S2_BANDS) + 1], **structure},
+          "description": f"Sentinel-2 L2A reflectance x 10000 of the bands in this order, standardised by "
+                         f"value_scaling, then the raw day of year (1-366) as the last channel; {rule}",
+          "value_scaling": _z_scores(stats.s2_mean, stats.s2_std)}
+    s1 = [{"name": f"s1_x {direction}", "bands": list(S1_BANDS),
+           "input": {"shape": [-1, -1, len(S1_BANDS) + 1], **structure},
+           "description": f"Sentinel-1 {direction} backscatter VV, VH as the tiles' int16 encoding "
+                          f"(400 x dB + 10000), standardised by value_scaling, then the raw day of year; "
+                          f"ascending then descending steps, concatenated in time, form s1_x; {rule}",
+           "value_scaling": _z_scores(mean, std)}
+          for direction, mean, std in (("ascending", stats.s1_asc_mean, stats.s1_asc_std),
+                                       ("descending", stats.s1_desc_mean, stats.s1_desc_std))]
+    return [s2, *s1]
+
+
+def _mlm_name(model: Mapping[str, Any]) -> str:
+    """``TESSERA <family> <checkpoint stem>``, within MLM's name pattern."""
+    stem = Path(str(model.get("name", "checkpoint"))).stem
+    return re.sub(r"[^a-zA-Z0-9_.\- ]", "_", f"TESSERA {model['family']} {stem}").rstrip("_.- ") or "TESSERA"
+
+
+def _framework_version() -> str | None:
+    """The installed torch's ``X.Y.Z`` (no local build label), or None."""
+    try:
+        found = re.match(r"\d+\.\d+\.\d+", importlib.metadata.version("torch"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return found.group(0) if found else None
+
+
+def mlm_properties(model: Mapping[str, Any], channels: int) -> dict[str, Any] | None:
+    """MLM item properties for a model record (:func:`checkpoint_info` or the inference record).
+
+    Returns None (with a warning) for a record without a known family and statistics set.
+    """
+    family, stats = FAMILIES.get(str(model.get("family"))), STATS.get(str(model.get("stats")))
+    if family is None or stats is None:
+        log.warning("the model record names no known family and statistics set: the STAC item gets no "
+                    "MLM fields; re-run infer_all_tiles or pass --checkpoint")
+        return None
+    dim = int(model.get("embedding_dim") or channels)
+    props: dict[str, Any] = {
+        "mlm:name": _mlm_name(model),
+        "mlm:architecture": f"{family.title}: S2 and S1 transformer encoders, {family.pooling} pooling over "
+                            f"time, concatenated, {family.reducer} dim_reducer",
+        "mlm:tasks": list(MLM_TASKS), "mlm:framework": "PyTorch",
+        "mlm:input": mlm_inputs(family, stats),
+        "mlm:output": [{"name": "embedding", "tasks": list(MLM_TASKS),
+                        "result": {"shape": [-1, dim], "dim_order": ["batch", "channel"], "data_type": "float32"},
+                        "description": f"{dim}-d embedding of each pixel: the bands A00 ... of the embedding asset "
+                                       "(int8 exports: value x the per-pixel scale)"}],
+    }
+    if version := _framework_version():
+        props["mlm:framework_version"] = version
+    if isinstance(model.get("config"), dict) and model["config"]:
+        props["mlm:hyperparameters"] = dict(model["config"])
+    return props
+
+
+def model_asset(model: Mapping[str, Any]) -> pystac.Asset:
+    """The checkpoint as the MLM model asset: its name, input bands and recorded size and sha256.
+
+    The checkpoint is not copied beside the item: its href is the file name, and ``file:checksum``
+    identifies it.
+    """
+    extra: dict[str, Any] = {"mlm:artifact_type": "torch.save"}
+    sha256 = model.get("sha256")
+    if isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256):
+        extra["file:checksum"] = sha256_multihash(sha256)
+    else:
+        log.warning("the model record holds no SHA-256 digest (%r): the STAC item cannot identify the checkpoint",
+                    sha256)
+    if isinstance(model.get("size_bytes"), int):
+        extra["file:size"] = model["size_bytes"]
+    name = str(model.get("name", "checkpoint.pt"))
+    title = f"checkpoint {name}" + (f": {model['family_title']}" if model.get("family_title") else "")
+    description = ("the weights the embedding was made with; not copied beside this item: find the file by its "
+                   "file:checksum")
+    asset = pystac.Asset("./" + name, title=title, description=description, media_type=CHECKPOINT_MEDIA_TYPE,
+                         roles=["mlm:model", "mlm:weights"], extra_fields=extra)
+    asset.extra_fields["eo:bands"] = (
+        [Band.create(name=b, common_name=S2_COMMON_NAMES[b], description=f"Sentinel-2 L2A {b}").to_dict()
+         for b in S2_BANDS]
+        + [Band.create(name=b, description=f"Sentinel-1 {b} backscatter").to_dict() for b in S1_BANDS])
+    return asset
+
+
+def _model_fields(item: pystac.Item, model: Mapping[str, Any], channels: int) -> bool:
+    """Add the MLM properties and the model asset to ``item``; False where the record is too old for MLM."""
+    props = mlm_properties(model, channels)
+    if props is None:
+        return False
+    item.properties.update(props)
+    MLMExtension.add_to(item)
+    EOExtension.add_to(item)  # the model asset's eo:bands name the input bands
+    item.add_asset(MODEL_ASSET, model_asset(model))
+    return True
+
+
 def build_item(item_id: str, grid: Grid, provenance: Provenance, assets: Sequence[AssetSpec], item_path: Path,
                properties: Mapping[str, Any] | None = None,
                fallback_datetime: dt.datetime | None = None) -> pystac.Item:
-    """A STAC item for the exported embedding: footprint, period, projection, assets, provenance.
+    """A STAC item for the exported embedding: footprint, period, projection, assets, model, provenance.
+
+    Every file asset gets ``file:size`` and ``file:checksum`` (the files are read once more for them).
 
     Args:
         item_id: the item id (the output's file stem).
@@ -263,12 +455,15 @@ def build_item(item_id: str, grid: Grid, provenance: Provenance, assets: Sequenc
                transform=list(grid.transform)[:6], bbox=list(grid.bounds))
     for spec in assets:
         asset = pystac.Asset(_href(spec.path, item_path), title=spec.title, media_type=spec.media_type,
-                             roles=list(spec.roles), extra_fields=dict(spec.extra))
+                             roles=list(spec.roles), extra_fields={**spec.extra, **file_fields(spec.path)})
         item.add_asset(spec.key, asset)
         if spec.bands is not None:
-            data_type, nodata, count = spec.bands
-            band = {"data_type": DataType(data_type), "nodata": nodata, "spatial_resolution": grid.resolution[0]}
-            RasterExtension.ext(asset, add_if_missing=True).apply([RasterBand.create(**band) for _ in range(count)])
+            _add_bands(asset, spec, grid.resolution[0])
+    channels = next((s.bands[2] for s in assets if s.key == "embedding" and s.bands), 0)
+    if provenance.model and _model_fields(item, provenance.model, channels):
+        item.properties["btfm:model"] = {k: provenance.model[k] for k in BTFM_MODEL_KEYS if k in provenance.model}
+    if any("file:checksum" in a.extra_fields for a in item.assets.values()):
+        FileExtension.add_to(item)
     return item
 
 

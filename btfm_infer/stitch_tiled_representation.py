@@ -9,6 +9,8 @@ a time, so memory use does not grow with the ROI. Pixels covered by no tile are 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -17,13 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
 from btfm_core.errors import BTFMError, InputDataError, TileFormatError
-from btfm_core.fileio import TMP_PREFIX, atomic_path, ensure_writable_dir, refuse_overwrite
+from btfm_core.fileio import (
+    TMP_PREFIX,
+    atomic_path,
+    check_free_space,
+    create_npy,
+    ensure_writable_dir,
+    file_digest,
+    remove_stale_temporaries,
+)
 from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
+from btfm_core.progress import progress
 from btfm_core.roi import Roi, open_roi
 from btfm_core.tiles import EMBEDDING_DIM, TileId, check_single_run, list_tiles
 
@@ -215,6 +225,33 @@ def _copy_tile(out_path: Path, tile_file: TileFile) -> None:
     del out, data
 
 
+def record_path(out_path: Path) -> Path:
+    """The JSON record beside a stitched map: its grid, embedding length and the inputs it was made from."""
+    return out_path.with_suffix(".json")
+
+
+def _inputs_digest(files: Sequence[TileFile], roi: Roi) -> str:
+    """Digest of what decides the mosaic's bytes: each tile file's name, size and mtime, and the ROI."""
+    listing = [[f.path.name, f.path.stat().st_size, f.path.stat().st_mtime_ns] for f in files]
+    record = {"tiles": listing, "roi": file_digest(roi.path)}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _stitch_record(roi: Roi, dim: int, nbytes: int, digest: str) -> dict[str, object]:
+    grid = roi.grid
+    return {"schema_version": 1, "crs": grid.crs, "transform": list(grid.transform)[:6], "shape": [*grid.shape, dim],
+            "dtype": "float32", "bytes": nbytes, "inputs": digest}
+
+
+def _is_current(out_path: Path, digest: str) -> bool:
+    """Whether ``out_path`` is a complete mosaic of exactly these inputs (its record says so and its size fits)."""
+    try:
+        record = json.loads(record_path(out_path).read_text())
+        return bool(record.get("inputs") == digest and out_path.stat().st_size == record.get("bytes"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def stitch(representation_dir: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
            out_path: str | os.PathLike[str], expected_tiles: Iterable[TileId] | None = None,
            *, overwrite: bool = False) -> StitchSummary:
@@ -224,22 +261,24 @@ def stitch(representation_dir: str | os.PathLike[str], roi: Roi | str | os.PathL
         representation_dir: folder of ``<x0>_<y0>_<x1>_<y1>.npy`` files, each
             (y1 - y0, x1 - x0, 128) float32.
         roi: the ROI (or its GeoTIFF path); its grid gives the mosaic's (H, W).
-        out_path: the ``.npy`` to write, (H, W, 128) float32; zero where no tile lies.
+        out_path: the ``.npy`` to write, (H, W, 128) float32; zero where no tile lies. Its record
+            ``<out>.json`` (grid, inputs digest) is written beside it.
         expected_tiles: tiles that must all be present (e.g. the tile folders of the run);
             ``None`` stitches whatever exists and warns about ROI pixels left uncovered.
-        overwrite: replace an existing ``out_path``.
+        overwrite: replace an existing ``out_path`` made from other inputs (one made from these
+            inputs is kept as it is).
 
     Returns:
         A :class:`StitchSummary`.
 
     Raises:
-        BTFMError: if ``out_path`` exists and ``overwrite`` is false.
+        BTFMError: if ``out_path`` exists, was made from other inputs and ``overwrite`` is false.
         TileFormatError: naming the file, for a missing, malformed or overlapping tile.
         InvalidROIError: if the ROI cannot be used.
+        DiskFullError: if the map does not fit on the disk.
     """
     representation_dir = Path(representation_dir)
     out_path = Path(out_path)
-    refuse_overwrite(out_path, overwrite, "--out-dir / --out-name")
     if not isinstance(roi, Roi):
         roi = open_roi(roi)
     height, width = roi.grid.shape
@@ -248,21 +287,33 @@ def stitch(representation_dir: str | os.PathLike[str], roi: Roi | str | os.PathL
         _check_expected(files, expected_tiles, representation_dir)
     covered = sum(f.tile.shape[0] * f.tile.shape[1] for f in files)
     dim = files[0].dim
+    digest = _inputs_digest(files, roi)
+    covered_roi = sum(int(roi.read_mask(f.tile.grid(roi.grid)).sum()) for f in files)
+    summary = StitchSummary(tiles=len(files), height=height, width=width, covered_pixels=covered,
+                            uncovered_roi_pixels=roi.inside_pixels - covered_roi, path=out_path)
+    if out_path.exists() and not overwrite:
+        if _is_current(out_path, digest):
+            log.info("%s is complete and made from these tiles; nothing to do (pass --overwrite to redo)", out_path)
+            return summary
+        raise BTFMError(f"output {out_path} already exists; pass --overwrite to replace it (it was made from "
+                        f"other tiles, or its record {record_path(out_path).name} is missing), or choose another "
+                        "--out-dir / --out-name")
+    check_free_space(out_path.parent, height * width * dim * 4, f"the stitched {height} x {width} x {dim} map")
     log.info("stitching %d tile(s) into a %d x %d x %d float32 array (%.2f GB): %s", len(files),
              height, width, dim, height * width * dim * 4 / 1e9, out_path)
-    covered_roi = 0
     with atomic_path(out_path) as tmp:
-        created = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(height, width, dim))
-        del created  # a zero-filled (sparse) file; the tiles are copied in one at a time
-        for tile_file in tqdm(files, desc="stitch", unit="tile", file=sys.stderr, disable=None):
+        created = create_npy(tmp, np.float32, (height, width, dim))
+        del created  # zero-filled, its blocks reserved; the tiles are copied in one at a time
+        for tile_file in progress(files, desc="stitch", unit="tile"):
             _copy_tile(tmp, tile_file)
-            covered_roi += int(roi.read_mask(tile_file.tile.grid(roi.grid)).sum())
-    uncovered = roi.inside_pixels - covered_roi
-    if uncovered:
+        # the record first: a kill before the rename below leaves a record of a map that is absent, redone next time
+        with atomic_path(record_path(out_path)) as record_tmp:
+            record_tmp.write_text(json.dumps(_stitch_record(roi, dim, tmp.stat().st_size, digest), indent=1))
+    if summary.uncovered_roi_pixels:
         log.warning("%d of %d ROI pixel(s) (%.1f%%) are covered by no tile and are zero in %s",
-                    uncovered, roi.inside_pixels, 100 * uncovered / roi.inside_pixels, out_path.name)
-    return StitchSummary(tiles=len(files), height=height, width=width, covered_pixels=covered,
-                         uncovered_roi_pixels=uncovered, path=out_path)
+                    summary.uncovered_roi_pixels, roi.inside_pixels,
+                    100 * summary.uncovered_roi_pixels / roi.inside_pixels, out_path.name)
+    return summary
 
 
 def open_stitched(npy_path: str | os.PathLike[str], roi: Roi) -> np.ndarray:
@@ -316,7 +367,7 @@ def read_npy_window(npy_path: str | os.PathLike[str], index: object) -> np.ndarr
 def build_parser() -> argparse.ArgumentParser:
     """Command line of the stitching step."""
     parser = argparse.ArgumentParser(
-        prog="stitch_tiled_representation.py",
+        prog=prog_name("btfm_infer.stitch_tiled_representation"),
         description="Stitch representation_retiled/<x0>_<y0>_<x1>_<y1>.npy tiles into one "
                     "(H, W, 128) float32 .npy on the ROI grid (zero where no tile lies).",
         formatter_class=HelpFormatter,
@@ -340,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--log-file", type=Path, default=None,
                         help="log file (default: <out-dir>/logs/stitch.log)")
-    add_verbosity(parser)
+    add_standard_options(parser)
     return parser
 
 
@@ -355,7 +406,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BTFMError(f"--out-name '{args.out_name}' must be a file name, not a path; use --out-dir "
                         "for the folder")
     out_path = out_dir / args.out_name
-    refuse_overwrite(out_path, args.overwrite, "--out-dir / --out-name")  # before any slow work
     roi = open_roi(args.roi.expanduser())
     expected = None
     if args.tiles_dir is not None:
@@ -366,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
     with folder_lock(out_dir, "stitch"):
+        remove_stale_temporaries(out_dir, names=[out_path.name, record_path(out_path).name])
         summary = stitch(representation_dir, roi, out_path, expected, overwrite=args.overwrite)
     log.info("wrote %s: %d tile(s), %d x %d px, %d px covered", summary.path, summary.tiles,
              summary.height, summary.width, summary.covered_pixels)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from btfm_core.errors import BTFMError, InputDataError
-from btfm_core.fileio import atomic_path, file_digest
+from btfm_core.fileio import atomic_path, create_npy, file_digest
 from btfm_core.tiles import EMBEDDING_DIM, TileArrays, TileId, read_tile
 from btfm_infer.embed import embed_pixels
 
@@ -240,7 +240,7 @@ def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: 
     dim = output_dim(model, options)
     embedded = non_finite = 0
     with atomic_path(out_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(height, width, dim))
+        out = create_npy(tmp, np.float32, (height, width, dim))
         for row0, rows, cols, series in _prefetched(_roi_blocks(arrays, block), device.type == "cuda"):
             with options.autocast(device):
                 vectors = embed_pixels(model, *series, seed=options.seed, repeat=options.repeat,

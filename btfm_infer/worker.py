@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from btfm_core.cli import EXIT_USAGE, HelpFormatter, add_verbosity, entry_point
+from btfm_core.cli import EXIT_USAGE, HelpFormatter, add_standard_options, entry_point, prog_name
 from btfm_core.errors import BTFMError
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId
@@ -113,7 +113,7 @@ def prepare_model(model: torch.nn.Module, options: InferenceOptions, threads: in
 
 def build_parser() -> argparse.ArgumentParser:
     """Command line of one worker."""
-    parser = argparse.ArgumentParser(prog="python -m btfm_infer.worker", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog_name("btfm_infer.worker"), description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--tiles-dir", type=Path, required=True)
     parser.add_argument("--output-dir", type=Path, required=True)
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(the driver reports it)")
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="the driver's pid: exit when it dies or this process is no longer its child")
-    add_verbosity(parser)
+    add_standard_options(parser)
     return parser
 
 

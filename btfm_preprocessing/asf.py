@@ -11,15 +11,25 @@ Endpoints can be moved (a mirror, ASF's UAT systems, or a loopback test server):
 is ``--s1-catalog`` or ``$BTFM_ASF_SEARCH_URL`` (default: NASA CMR), the Earthdata login root is
 ``$BTFM_EARTHDATA_URL``. ``asf_search`` always speaks ``https://<host>``; a root given as
 ``http://`` is reached over plain HTTP by :class:`EndpointSession`.
+
+Failures and their bounds: a search root that refuses connections or has no DNS entry fails at
+once (``asf_search`` does not retry those), one that stays silent after ``CMR_TIMEOUT`` (30 s);
+HTTP 5xx answers are retried by ``asf_search`` itself, 3 tries with 3 s waits (each wait logged
+at INFO here), so a failing search gives up within about 6 s + 3 x 30 s. Either raises
+:class:`~btfm_core.errors.ServiceUnavailableError`; an answer without the keys CMR's JSON has
+raises :class:`~btfm_core.errors.UnexpectedResponseError` naming the missing key. Downloads retry
+as :mod:`btfm_preprocessing.download` says (about 15 s when refused, at most 65 s).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -38,12 +48,13 @@ from asf_search.exceptions import ASFAuthenticationError, ASFSearchError
 from shapely.geometry import box
 from tqdm import tqdm
 
-from btfm_core.errors import CredentialsError, SourceError
+from btfm_core.errors import CredentialsError, ServiceUnavailableError, SourceError, UnexpectedResponseError
 from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
 from btfm_core.tiles import ORBIT_DIRECTIONS
 from btfm_preprocessing.credentials import earthdata_login
 from btfm_preprocessing.download import Expected, download
+from btfm_preprocessing.network import CHECK_NETWORK, http_status, is_unreachable, log_retry, network_reason, safe_url
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.sources import SourceOptions
 from btfm_preprocessing.stac import Scene
@@ -175,9 +186,12 @@ def search_grd(grid: Grid, period: Period, search_url: str = ASF_SEARCH_URL,
         session: the HTTP session to search with (default: a fresh :func:`search_session`).
 
     Raises:
-        SourceError: if the search service fails.
+        ServiceUnavailableError: the search root cannot be reached or keeps answering 5xx.
+        UnexpectedResponseError: the answer is not CMR's JSON (names the missing key).
+        SourceError: the search was refused (HTTP 4xx).
     """
     asf_search.REPORT_ERRORS = False  # never post the user's search to ASF's error-report endpoint
+    _log_search_retries()
     session = session or search_session(search_url)
     opts = asf_search.ASFSearchOptions(host=endpoint_host(search_url), session=session)
     try:
@@ -185,12 +199,54 @@ def search_grd(grid: Grid, period: Period, search_url: str = ASF_SEARCH_URL,
             platform=asf_search.PLATFORM.SENTINEL1, processingLevel=PRODUCT_TYPE, beamMode=asf_search.BEAMMODE.IW,
             polarization=["VV+VH"], intersectsWith=box(*grid.lonlat_bounds()).wkt,
             start=_utc(period.start), end=_utc(period.end, end=True), opts=opts)
-    except (ASFSearchError, requests.RequestException) as exc:
-        raise SourceError(f"ASF search at {search_url} failed: {exc}") from exc
+    except (ASFSearchError, requests.RequestException, KeyError, TypeError, ValueError) as exc:
+        raise search_error(exc, search_url) from exc
     scenes = [scene for scene in (scene_from_properties(product.properties) for product in results) if scene]
     unique = {scene.id: scene for scene in scenes}  # CMR may list a scene once per collection
     log.info("ASF search: %d GRD scene(s) over the ROI in %s", len(unique), period)
     return sorted(unique.values(), key=lambda s: (s.acquired, s.id))
+
+
+SEARCH_SERVICE = "ASF search (NASA CMR)"
+_OTHER_S1 = "or use --s1-source planetary (Sentinel-1 RTC, no account)"
+
+
+def search_error(exc: Exception, search_url: str) -> SourceError:
+    """One clear error for what ``asf_search`` raised while searching ``search_url``."""
+    where = f"{SEARCH_SERVICE} at {safe_url(search_url)}"
+    status = http_status(exc)
+    if status is None and is_unreachable(exc):
+        return ServiceUnavailableError(f"{where} is unreachable ({network_reason(exc)}); {CHECK_NETWORK}, "
+                                       f"{_OTHER_S1}")
+    if status is not None and status >= 500:
+        return ServiceUnavailableError(f"{where} answered HTTP {status}: the service is down or busy; retry later, "
+                                       f"{_OTHER_S1}")
+    if status is not None:
+        detail = re.sub(r"^HTTP \d+:\s*", "", " ".join(str(exc).split()))[:160]
+        return SourceError(f"{where} refused the search with HTTP {status} ({detail}); "
+                           f"check --s1-catalog / ${SEARCH_URL_ENV} (a CMR root such as {ASF_SEARCH_URL})")
+    what = (f"JSON without the key {exc}" if isinstance(exc, KeyError)
+            else "something that is not JSON" if isinstance(exc, json.JSONDecodeError)
+            else f"JSON of an unexpected shape ({' '.join(str(exc).split())[:160]})")
+    return UnexpectedResponseError(f"{where} answered {what}; is it a NASA CMR search root? Check --s1-catalog / "
+                                   f"${SEARCH_URL_ENV} (default {ASF_SEARCH_URL}), {_OTHER_S1}")
+
+
+def _before_search_retry(state: Any) -> None:
+    """Log the wait ``asf_search`` makes before retrying a search page (a tenacity ``before_sleep`` hook)."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    tries = getattr(state.retry_object.stop, "max_attempt_number", state.attempt_number + 1)
+    problem = " ".join(str(error).split())[:120] if error is not None else "failed"
+    log_retry(log, SEARCH_SERVICE, f"answered {problem}", state.attempt_number, tries - 1, delay)
+
+
+def _log_search_retries() -> None:
+    """Make ``asf_search``'s own page retries (5xx answers) log each wait through :func:`_before_search_retry`."""
+    generator = importlib.import_module("asf_search.search.search_generator")
+    retrying = getattr(generator.get_page, "retry", None)  # tenacity's public handle of the decorated function
+    if retrying is not None:
+        retrying.before_sleep = _before_search_retry
 
 
 def earthdata_session(search_url: str = ASF_SEARCH_URL, login_url: str = EARTHDATA_URL) -> asf_search.ASFSession:
@@ -199,11 +255,15 @@ def earthdata_session(search_url: str = ASF_SEARCH_URL, login_url: str = EARTHDA
     Raises:
         CredentialsError: no login configured (names ``EARTHDATA_USERNAME``/``EARTHDATA_PASSWORD``
             and ``~/.netrc``), or the login was rejected.
+        ServiceUnavailableError: the login endpoint cannot be reached.
     """
     login = earthdata_login()
     session = search_session(search_url, login_url)
     try:
         session.auth_with_creds(login.username, login.password.reveal())
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise ServiceUnavailableError(f"NASA Earthdata login at {safe_url(login_url)} is unreachable "
+                                      f"({network_reason(exc)}); {CHECK_NETWORK}, {_OTHER_S1}") from exc
     except (ASFAuthenticationError, requests.RequestException) as exc:
         detail = str(exc).replace(login.password.reveal(), "***")
         raise CredentialsError(f"NASA Earthdata rejected the login from {login.origin} ({detail.split(chr(10))[0]}); "

@@ -24,9 +24,9 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from shapely.geometry.base import BaseGeometry
 
-from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
-from btfm_core.errors import BTFMError, InvalidROIError
-from btfm_core.fileio import atomic_path, ensure_writable_dir, refuse_overwrite
+from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.errors import BTFMError, InvalidROIError, TooLargeError
+from btfm_core.fileio import atomic_path, ensure_writable_dir, human_bytes, refuse_overwrite
 from btfm_core.grid import Grid
 from btfm_core.logs import setup_logging
 
@@ -65,6 +65,24 @@ def utm_epsg_for(lon: float, lat: float) -> int:
         else:
             zone = 37
     return (32600 if lat >= 0 else 32700) + zone
+
+
+#: Largest ROI raster written by default: 10^9 px (1 GB of uint8 in memory), a 316 x 316 km square at 10 m.
+DEFAULT_MAX_PIXELS = 1_000_000_000
+
+
+def check_grid_size(grid: Grid, max_pixels: int) -> None:
+    """Refuse an ROI raster larger than ``max_pixels`` before allocating it.
+
+    Raises:
+        TooLargeError: with its size in pixels and bytes and the flag that raises the limit.
+    """
+    pixels = grid.height * grid.width
+    if pixels > max_pixels:
+        raise TooLargeError(
+            f"the ROI raster would be {grid.width} x {grid.height} px ({pixels:,} px, {human_bytes(pixels)} of uint8), "
+            f"more than the limit of {max_pixels:,} px; check the polygons' extent and --resolution, split the "
+            "region, or raise the limit with --max-pixels")
 
 
 def check_resolution(resolution: float) -> None:
@@ -242,7 +260,7 @@ def _write_geotiff(path: Path, mask: np.ndarray, grid: Grid) -> None:
 
 def convert(shapefile: str | Path, out: str | Path, *, resolution: float = PIPELINE_RESOLUTION_M,
             burn_value: int = 1, epsg: int | None = None, layer: str | None = None,
-            all_touched: bool = False, overwrite: bool = False) -> Path:
+            all_touched: bool = False, overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     """Rasterize the polygons of a vector file into an ROI GeoTIFF.
 
     Args:
@@ -254,6 +272,7 @@ def convert(shapefile: str | Path, out: str | Path, *, resolution: float = PIPEL
         layer: input layer name; the first layer when None.
         all_touched: burn every pixel the polygons touch, not only those whose centre is inside.
         overwrite: replace an existing ``out``.
+        max_pixels: refuse a raster of more pixels (checked before it is allocated).
 
     Returns:
         the path written.
@@ -262,6 +281,7 @@ def convert(shapefile: str | Path, out: str | Path, *, resolution: float = PIPEL
         BTFMError: bad flags or an existing output without ``overwrite``.
         InvalidROIError: unusable input polygons.
         OutputNotWritableError: output folder not writable.
+        TooLargeError: the raster would have more than ``max_pixels`` pixels.
     """
     out = Path(out)
     check_resolution(resolution)
@@ -276,6 +296,7 @@ def convert(shapefile: str | Path, out: str | Path, *, resolution: float = PIPEL
     ensure_writable_dir(out.parent if str(out.parent) else Path("."), "output folder (--out)")
     geometry, crs_wkt = read_polygons(shapefile, layer)
     grid, projected = roi_grid_for(geometry, crs_wkt, resolution, epsg)
+    check_grid_size(grid, max_pixels)
     mask = rasterize_roi(projected, grid, burn_value, all_touched)
     with atomic_path(out) as tmp:
         _write_geotiff(tmp, mask, grid)
@@ -288,7 +309,7 @@ def convert(shapefile: str | Path, out: str | Path, *, resolution: float = PIPEL
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the converter."""
     parser = argparse.ArgumentParser(
-        prog="convert_shp_to_tiff.py",
+        prog=prog_name("btfm_preprocessing.convert_shp_to_tiff"),
         description="Rasterize the polygons of a vector file (shapefile, GeoJSON, GPKG, ...) into "
                     "the ROI GeoTIFF main_pipeline.sh takes: uint8, burn value inside, 0 outside, "
                     "north-up in the local UTM zone, origin snapped to the resolution.",
@@ -311,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer", default=None, help="layer of a multi-layer file (default: the first)")
     parser.add_argument("--all-touched", action="store_true",
                         help="burn every pixel touched by a polygon, not only pixel centres inside")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse an ROI raster of more pixels (it is built in memory, 1 byte a pixel)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_verbosity(parser)
+    add_standard_options(parser)
     return parser
 
 
@@ -323,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(None, args.verbosity)
     out = convert(args.shapefile, args.out, resolution=args.resolution, burn_value=args.burn_value,
                   epsg=args.epsg, layer=args.layer, all_touched=args.all_touched,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, max_pixels=args.max_pixels)
     print(out)
     return 0
 

@@ -1,7 +1,9 @@
 """Credentials for the services that need an account, read from the environment or ``~/.netrc``.
 
 Secrets never appear in logs, messages, metadata or reprs: they travel as :class:`Secret`, and
-errors name the variable or ``~/.netrc`` entry to set, never a value.
+errors name the variable or ``~/.netrc`` entry to set, never a value. Every secret is also
+registered with :func:`btfm_core.redact.register_secret`, so it is masked wherever it turns up
+later, e.g. echoed back in a server's error answer that ends up in a message or a log.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from btfm_core.errors import CredentialsError
+from btfm_core.redact import register_login, register_secret
 
 #: NASA Earthdata login host (ASF downloads and HyP3).
 EARTHDATA_HOST = "urs.earthdata.nasa.gov"
@@ -21,13 +24,15 @@ class Secret:
     """A secret value that never shows itself: ``str``, ``repr`` and formatting give ``***``.
 
     Not a ``str`` on purpose: concatenating it, or serialising it to JSON, fails loudly instead
-    of copying the value somewhere; :meth:`reveal` hands it to a client library.
+    of copying the value somewhere; :meth:`reveal` hands it to a client library. Creating one
+    registers the value for redaction (:func:`btfm_core.redact.register_secret`).
     """
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register_secret(value)
 
     def reveal(self) -> str:
         """The secret value, for passing to a client library."""
@@ -54,11 +59,17 @@ class Secret:
 
 @dataclass(frozen=True)
 class UserPassword:
-    """A login; ``origin`` says where it was found (for messages, never the values)."""
+    """A login; ``origin`` says where it was found (for messages, never the values).
+
+    Its ``Basic`` credentials (base64 of ``user:password``) are registered for redaction too.
+    """
 
     username: str
     password: Secret
     origin: str
+
+    def __post_init__(self) -> None:
+        register_login(self.username, self.password.reveal())
 
 
 def env_secret(name: str, purpose: str) -> Secret:

@@ -3,7 +3,14 @@
 Used by sources that cannot be read in windows (ASF GRD zips, HyP3 products). A download goes
 to ``<name>.part`` and is renamed only after its size (and checksum, when the service gives
 one) match; an interrupted download resumes from the ``.part`` file with a ``Range`` request.
-Timeouts, dropped connections, 429 and 5xx answers are retried with exponential back-off.
+
+Timeouts, refused or dropped connections, 429 and 5xx answers are retried, each wait logged at
+INFO (``download of X.zip failed (connection refused); retry 1/4 in 1 s``). With the defaults
+(:data:`DOWNLOAD_ATTEMPTS` = 5 tries, waits 1, 2, 4, 8 s) a host that refuses connections or has
+no DNS entry is given up after about 15 s; one that drops packets after 5 x 10 s (connect timeout,
+:data:`~btfm_preprocessing.network.CONNECT_TIMEOUT_S`) + 15 s = 65 s. A ``Retry-After`` is
+honoured up to 30 s per wait. A try that stalls mid-file fails after ``timeout`` (60 s) without
+data; the next one resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -23,12 +30,24 @@ from tqdm import tqdm
 
 from btfm_core.errors import CredentialsError, DownloadError
 from btfm_core.fileio import file_digest
+from btfm_preprocessing.network import (
+    CHECK_NETWORK,
+    CONNECT_TIMEOUT_S,
+    RETRY_AFTER_MAX_S,
+    RETRY_STATUS,
+    log_retry,
+    network_reason,
+    safe_url,
+)
 
 log = logging.getLogger(__name__)
 
 PART_SUFFIX = ".part"
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 CHUNK_BYTES = 1 << 16
+#: Tries of one download (each resumes where the last one stopped).
+DOWNLOAD_ATTEMPTS = 5
+#: First retry wait in seconds, doubled after every failed try.
+DOWNLOAD_BACKOFF_S = 1.0
 _received = {"bytes": 0}
 _received_lock = threading.Lock()
 
@@ -77,14 +96,56 @@ def _scrub(message: str, url: str) -> str:
 
 
 def _sleep_for(attempt: int, base: float, response: requests.Response | None) -> float:
+    """Seconds to wait before try ``attempt + 2``: ``Retry-After`` (capped), else ``base * 2 ** attempt``."""
     retry_after = response.headers.get("Retry-After") if response is not None else None
-    if retry_after and retry_after.isdigit():
-        return float(retry_after)
+    if retry_after and retry_after.strip().isdigit():
+        return min(float(retry_after), RETRY_AFTER_MAX_S)
     return base * 2 ** attempt
 
 
+def _nothing_left(response: requests.Response, url: str) -> bool:
+    """True for 416 (the part file is already whole, or wrong); raise for answers that carry no file.
+
+    Raises:
+        CredentialsError: 401/403.
+        _Retryable: 429/5xx.
+        DownloadError: any other 4xx.
+    """
+    if response.status_code in (401, 403):
+        raise CredentialsError(f"{response.status_code} from {_without_query(url)}: the login was "
+                               "rejected or lacks access (check the credentials named in README)")
+    if response.status_code in RETRY_STATUS:
+        raise _Retryable(f"HTTP {response.status_code}")
+    if response.status_code == 416:
+        return True
+    if response.status_code >= 400:
+        raise DownloadError(f"HTTP {response.status_code} for {_without_query(url)}: the file is not "
+                            "available there (check the product or search again)")
+    return False
+
+
+def _write_part(response: requests.Response, part: Path, have: int, name: str, expected: Expected) -> None:
+    """Append the answer's body to ``part`` (``have`` bytes already there; a 200 starts over).
+
+    Raises:
+        _Retryable: the body ended before ``expected.size`` bytes.
+    """
+    if have and response.status_code != 206:  # server ignored Range: start over
+        have = 0
+    total = int(response.headers.get("Content-Length", 0)) + have or expected.size
+    with part.open("ab" if have else "wb") as handle, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=name, file=sys.stderr,
+            leave=False, disable=None) as bar:
+        for chunk in response.iter_content(CHUNK_BYTES):
+            handle.write(chunk)
+            bar.update(len(chunk))
+            count_received(len(chunk))
+    if expected.size is not None and part.stat().st_size < expected.size:
+        raise _Retryable(f"connection ended after {part.stat().st_size} of {expected.size} bytes")
+
+
 def download(url: str, dest: Path, session: requests.Session, expected: Expected = Expected(), *,
-             attempts: int = 5, backoff: float = 1.0, timeout: float = 60.0,
+             attempts: int = DOWNLOAD_ATTEMPTS, backoff: float = DOWNLOAD_BACKOFF_S, timeout: float = 60.0,
              sleep: Callable[[float], None] = time.sleep) -> Path:
     """Download ``url`` to ``dest`` unless a complete ``dest`` exists; return ``dest``.
 
@@ -94,8 +155,8 @@ def download(url: str, dest: Path, session: requests.Session, expected: Expected
         session: an HTTP session carrying the service's authentication.
         expected: size and MD5 announced by the service; a file that does not match is not kept.
         attempts: tries before giving up (each resumes where the last one stopped).
-        backoff: first retry delay in seconds, doubled each time (``Retry-After`` wins).
-        timeout: seconds without data before a try counts as failed.
+        backoff: first retry delay in seconds, doubled each time (``Retry-After`` wins, up to 30 s).
+        timeout: seconds without data before a try counts as failed (connecting has 10 s).
         sleep: how to wait between tries (tests pass a no-op).
 
     Raises:
@@ -115,43 +176,24 @@ def download(url: str, dest: Path, session: requests.Session, expected: Expected
         headers = {"Range": f"bytes={have}-"} if have else {}
         response = None
         try:
-            response = session.get(url, headers=headers, stream=True, timeout=timeout)
-            if response.status_code in (401, 403):
-                raise CredentialsError(f"{response.status_code} from {_without_query(url)}: the login was "
-                                       "rejected or lacks access (check the credentials named in README)")
-            if response.status_code in RETRY_STATUS:
-                raise _Retryable(f"HTTP {response.status_code}")
-            if response.status_code == 416:  # nothing left to fetch: the part file is complete or bad
-                response.close()
+            response = session.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, timeout))
+            if _nothing_left(response, url):
                 break
-            if response.status_code >= 400:
-                raise DownloadError(f"HTTP {response.status_code} for {_without_query(url)}: the file is not "
-                                    "available there (check the product or search again)")
-            if have and response.status_code != 206:  # server ignored Range: start over
-                have = 0
-            total = int(response.headers.get("Content-Length", 0)) + have or expected.size
-            with part.open("ab" if have else "wb") as handle, tqdm(
-                    total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr,
-                    leave=False, disable=None) as bar:
-                for chunk in response.iter_content(CHUNK_BYTES):
-                    handle.write(chunk)
-                    bar.update(len(chunk))
-                    count_received(len(chunk))
-            if expected.size is not None and part.stat().st_size < expected.size:
-                raise _Retryable(f"connection ended after {part.stat().st_size} of {expected.size} bytes")
+            _write_part(response, part, have, dest.name, expected)
             break
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 _Retryable) as exc:
-            last_error = _scrub(str(exc).split("\n")[0], url)
+            last_error = _scrub(str(exc) if isinstance(exc, _Retryable) else network_reason(exc), url)
             if attempt + 1 < attempts:
                 delay = _sleep_for(attempt, backoff, response)
-                log.warning("download of %s failed (%s); retrying in %.0f s", dest.name, last_error, delay)
+                log_retry(log, f"download of {dest.name}", f"failed ({last_error})", attempt + 1, attempts - 1, delay)
                 sleep(delay)
         finally:
             if response is not None:
                 response.close()
     else:
-        raise DownloadError(f"could not download {dest.name} after {attempts} tries: {last_error}")
+        raise DownloadError(f"could not download {dest.name} from {safe_url(url)} after {attempts} tries "
+                            f"({last_error}); {CHECK_NETWORK}: the part already downloaded is kept and resumed")
     try:
         check_complete(part, expected)
     except DownloadError:

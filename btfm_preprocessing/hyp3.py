@@ -13,7 +13,18 @@ scenes whose GeoTIFFs are on disk are not downloaded again.
 The HyP3 API root is ``--s1-catalog`` or ``$BTFM_HYP3_API_URL`` (default: ASF's production API);
 the search root is ``$BTFM_ASF_SEARCH_URL`` (default: NASA CMR). ``$BTFM_HYP3_POLL_S`` (first
 poll interval, doubled up to 5 minutes) and ``$BTFM_HYP3_TIMEOUT_S`` (how long to wait for jobs)
-tune the waiting.
+tune the waiting; each wait is logged at INFO.
+
+Failures and their bounds: the Earthdata login and the job submission are not retried, so an
+API that refuses connections or has no DNS entry fails at once with
+:class:`~btfm_core.errors.ServiceUnavailableError` (``hyp3_sdk`` sets no timeout of its own: a
+connection whose packets are dropped waits for the system's TCP connect timeout, about 2 minutes
+on Linux). A poll that fails (unreachable, HTTP 5xx) is retried at the next poll interval, logged
+at INFO; after :data:`POLL_RETRIES` (2) failed retries in a row it gives up -- within 30 s + 60 s
+of waiting at the start, or three poll intervals (at most 15 minutes) later on -- keeping the job
+ids for the next run. An answer without the keys of HyP3's job schema raises
+:class:`~btfm_core.errors.UnexpectedResponseError`. Downloads retry as
+:mod:`btfm_preprocessing.download` says.
 """
 
 from __future__ import annotations
@@ -33,19 +44,31 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import hyp3_sdk.util
 import numpy as np
 import requests
 from hyp3_sdk import HyP3, Job
 from hyp3_sdk.exceptions import AuthenticationError, HyP3SDKError
+from hyp3_sdk.exceptions import ServerError as Hyp3ServerError
+from hyp3_sdk.exceptions import ServiceUnavailableError as Hyp3UnavailableError
 from hyp3_sdk.hyp3 import PROD_API
 from tqdm import tqdm
 
-from btfm_core.errors import CredentialsError, SourceError
+from btfm_core.errors import CredentialsError, ServiceUnavailableError, SourceError, UnexpectedResponseError
 from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
 from btfm_preprocessing.asf import ASF_SEARCH_URL, search_grd, search_url_from
 from btfm_preprocessing.credentials import earthdata_login
 from btfm_preprocessing.download import Expected, download
+from btfm_preprocessing.network import (
+    CHECK_NETWORK,
+    describe_problem,
+    http_status,
+    is_unreachable,
+    log_retry,
+    network_reason,
+    safe_url,
+)
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.sources import SourceOptions
 from btfm_preprocessing.stac import Scene
@@ -61,6 +84,8 @@ DEFAULT_POLL_S = 30.0
 MAX_POLL_S = 300.0
 #: How long to wait for submitted jobs before giving up (a rerun picks them up again).
 DEFAULT_TIMEOUT_S = 6 * 3600.0
+#: Failed polls (unreachable, HTTP 5xx) retried in a row, one poll interval apart, before giving up.
+POLL_RETRIES = 2
 JOBS_FILE = "hyp3_jobs.json"
 JOB_NAME = "btfm"
 #: HyP3 accepts at most this many jobs per request.
@@ -92,16 +117,49 @@ def hyp3_client(api_url: str) -> HyP3:
 
     Raises:
         CredentialsError: no login configured, or HyP3 / Earthdata rejected it.
+        ServiceUnavailableError: the Earthdata login cannot be reached.
     """
     login = earthdata_login()
     try:
         client = HyP3(api_url, username=login.username, password=login.password.reveal())
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise ServiceUnavailableError(f"NASA Earthdata login for HyP3 ({safe_url(hyp3_sdk.util.AUTH_URL)}) is "
+                                      f"unreachable ({network_reason(exc)}); {CHECK_NETWORK}, or use --s1-source asf "
+                                      "(no HyP3 needed)") from exc
     except (AuthenticationError, requests.RequestException) as exc:
         detail = str(exc).replace(login.password.reveal(), "***").split("\n")[0]
         raise CredentialsError(f"HyP3 could not log in with the NASA Earthdata login from {login.origin} "
                                f"({detail}); check EARTHDATA_USERNAME/EARTHDATA_PASSWORD or ~/.netrc") from None
     log.info("logged in to HyP3 (%s) as %s", api_url, login.username)
     return client
+
+
+def api_error(exc: Exception, api_url: str, doing: str, jobs_file: Path | None = None) -> SourceError | None:
+    """One clear error for a network failure or unexpected answer of the HyP3 API (None: neither).
+
+    Args:
+        exc: what ``hyp3_sdk`` raised.
+        api_url: the API root (named in the message).
+        doing: what was being done, e.g. ``submitting the RTC jobs``.
+        jobs_file: where submitted job ids are kept (the message says a rerun reuses them).
+    """
+    where = f"HyP3 API ({safe_url(api_url)})"
+    resume = f"; job ids already submitted are kept in {jobs_file} and reused by the next run" if jobs_file else ""
+    status = http_status(exc)
+    if status is None and is_unreachable(exc):
+        return ServiceUnavailableError(f"{where} is unreachable while {doing} ({network_reason(exc)}); "
+                                       f"{CHECK_NETWORK}{resume}")
+    if isinstance(exc, (Hyp3ServerError, Hyp3UnavailableError)) or (status is not None and status >= 500):
+        return ServiceUnavailableError(f"{where} answered HTTP {status or '5xx'} while {doing}: the service is down "
+                                       f"or busy; retry later{resume}")
+    if isinstance(exc, (KeyError, TypeError, ValueError)):
+        answer = f"HTTP {status} " if status is not None else ""
+        what = (f"JSON without the key {exc}" if isinstance(exc, KeyError)
+                else "something that is not JSON" if isinstance(exc, json.JSONDecodeError)
+                else f"JSON of an unexpected shape ({' '.join(str(exc).split())[:160]})")
+        return UnexpectedResponseError(f"{where} answered {answer}{what} while {doing}; check --s1-catalog / "
+                                       f"${HYP3_API_ENV} (default {PROD_API}){resume}")
+    return None
 
 
 def _refused(exc: HyP3SDKError) -> SourceError:
@@ -191,8 +249,13 @@ class Hyp3Source:
             prepared = [HyP3.prepare_rtc_job(granule=scene.id, name=JOB_NAME, **RTC_PARAMETERS) for scene in chunk]
             try:
                 batch = client.submit_prepared_jobs(prepared)
-            except HyP3SDKError as exc:
-                raise _refused(exc) from None
+            except (requests.RequestException, HyP3SDKError, KeyError, TypeError, ValueError) as exc:
+                error = api_error(exc, self.api_url, "submitting the RTC jobs", self.jobs_file if jobs else None)
+                if error is not None:
+                    raise error from exc
+                if isinstance(exc, HyP3SDKError):
+                    raise _refused(exc) from None
+                raise
             for job in batch:
                 granules = (job.job_parameters or {}).get("granules") or []
                 if granules:
@@ -209,7 +272,7 @@ class Hyp3Source:
         polling never share one across threads.
         """
         files = job.files or []
-        product = next((f for f in files if str(f.get("filename", "")).endswith(".zip")), None)
+        product = next((f for f in files if str(f.get("filename", "")).endswith(".zip") and f.get("url")), None)
         if product is None:
             raise SourceError(f"HyP3 job {job.job_id} ({scene.id}) succeeded but lists no product zip")
         with requests.Session() as session:
@@ -262,35 +325,67 @@ class Hyp3Source:
             prepared += self.wait_and_fetch(client, {scene.id: scene for scene in todo if scene.id in jobs}, jobs)
         return sorted(prepared, key=lambda s: (s.acquired, s.id))
 
+    def finished_jobs(self, client: HyP3, pending: dict[str, Scene], jobs: dict[str, str]) -> dict[str, Job]:
+        """Poll each pending job once; scene id -> job of those that succeeded or failed.
+
+        Raises:
+            SourceError: HyP3 does not know a job (HTTP 4xx).
+            requests.RequestException, HyP3SDKError, KeyError, ValueError: a failed poll (see :func:`api_error`).
+        """
+        finished: dict[str, Job] = {}
+        for scene_id in pending:
+            try:
+                job = client.get_job_by_id(jobs[scene_id])
+            except (Hyp3ServerError, Hyp3UnavailableError):
+                raise  # worth another poll (see _poll)
+            except HyP3SDKError as exc:
+                raise SourceError(f"HyP3 job {jobs[scene_id]} ({scene_id}) could not be read: {exc}") from exc
+            if job.succeeded() or job.failed():
+                finished[scene_id] = job
+        return finished
+
+    def _poll(self, client: HyP3, pending: dict[str, Scene], jobs: dict[str, str], failures: int,
+              interval: float) -> tuple[dict[str, Job], int]:
+        """:meth:`finished_jobs`, with a failed poll logged and counted: ``(finished, failures in a row)``.
+
+        Raises:
+            ServiceUnavailableError: the poll failed and :data:`POLL_RETRIES` retries did already.
+        """
+        try:
+            return self.finished_jobs(client, pending, jobs), 0
+        except (requests.RequestException, Hyp3ServerError, Hyp3UnavailableError, KeyError, TypeError,
+                ValueError) as exc:
+            error = api_error(exc, self.api_url, "polling the RTC jobs", self.jobs_file)
+            if error is None:
+                raise
+            if not isinstance(error, ServiceUnavailableError) or failures >= POLL_RETRIES:
+                raise error from exc
+            log_retry(log, "HyP3 API", describe_problem(exc), failures + 1, POLL_RETRIES, interval)
+            return {}, failures + 1
+
     def wait_and_fetch(self, client: HyP3, scenes: dict[str, Scene], jobs: dict[str, str]) -> list[Scene]:
         """Poll the scenes' jobs with back-off; download each product as soon as its job succeeds."""
         pending = dict(scenes)
         futures: list[Future[Scene]] = []
-        interval, started = self.poll_s, time.monotonic()
+        interval, started, failures = self.poll_s, time.monotonic(), 0
         now = dt.datetime.now(dt.timezone.utc)
         with ThreadPoolExecutor(max(1, self.workers)) as pool, tqdm(
                 total=len(pending), desc="HyP3 RTC jobs", unit="job", file=sys.stderr, disable=None) as bar:
             while True:
-                for scene_id in list(pending):
-                    try:
-                        job = client.get_job_by_id(jobs[scene_id])
-                    except HyP3SDKError as exc:
-                        raise SourceError(f"HyP3 job {jobs[scene_id]} ({scene_id}) could not be read: {exc}") from None
-                    if job.succeeded():
-                        expiry = job.expiration_time
-                        if expiry is not None and expiry.tzinfo is not None and expiry < now:
-                            log.warning("HyP3 job %s (%s) expired on %s and its product is gone: scene dropped "
-                                        "(delete %s to submit it again)", job.job_id, scene_id,
-                                        expiry.date(), self.jobs_file)
-                        else:
-                            futures.append(pool.submit(self.fetch, job, pending[scene_id], client.session.cookies))
-                        del pending[scene_id]
-                        bar.update()
-                    elif job.failed():
+                finished, failures = self._poll(client, pending, jobs, failures, interval)
+                for scene_id, job in finished.items():
+                    expiry = job.expiration_time
+                    if job.failed():
                         log.warning("HyP3 job %s (%s) FAILED: scene dropped (logs: %s)", job.job_id, scene_id,
                                     ", ".join(job.logs or []) or "none")
-                        del pending[scene_id]
-                        bar.update()
+                    elif expiry is not None and expiry.tzinfo is not None and expiry < now:
+                        log.warning("HyP3 job %s (%s) expired on %s and its product is gone: scene dropped "
+                                    "(delete %s to submit it again)", job.job_id, scene_id,
+                                    expiry.date(), self.jobs_file)
+                    else:
+                        futures.append(pool.submit(self.fetch, job, pending[scene_id], client.session.cookies))
+                    del pending[scene_id]
+                    bar.update()
                 if not pending:
                     break
                 if time.monotonic() - started + interval > self.timeout_s:
@@ -299,6 +394,9 @@ class Hyp3Source:
                         f"{jobs[next(iter(pending))]}); run the same command again later (with --keep-intermediate "
                         f"or after an interruption the job ids in {self.jobs_file} are reused, nothing is "
                         f"resubmitted), or raise ${TIMEOUT_ENV}")
+                if not failures:
+                    log.info("HyP3: %d RTC job(s) unfinished; next poll in %.3g s (gives up %.0f s after the first)",
+                             len(pending), interval, self.timeout_s)
                 self.sleep(interval)
                 interval = min(interval * 2, MAX_POLL_S)
             return [future.result() for future in futures]

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
 from btfm_core.errors import BTFMError, NoScenesFoundError
-from btfm_core.fileio import atomic_path, ensure_writable_dir, remove_stale_temporaries
+from btfm_core.fileio import atomic_path, check_free_space, ensure_writable_dir, remove_stale_temporaries
 from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
+from btfm_core.progress import progress
+from btfm_core.redact import redact_values
 from btfm_core.roi import Roi, open_roi
 from btfm_core.tiles import (
     DEFAULT_TILE_SIZE,
@@ -38,6 +39,7 @@ from btfm_core.tiles import (
     read_run_metadata,
     read_tile,
     read_tile_metadata,
+    tile_bytes,
     tile_layout,
     write_run_metadata,
 )
@@ -94,7 +96,7 @@ class PreprocessSettings:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of the preprocessing step."""
     parser = argparse.ArgumentParser(
-        prog="main_pipeline.sh",
+        prog=prog_name("btfm_preprocessing.pipeline"),
         description="Search and read Sentinel-2 L2A and Sentinel-1 backscatter for an ROI, mask "
                     "clouds, stack by date and write tile folders (retiled_d_pixel/<x0>_<y0>_<x1>_<y1>/).",
         formatter_class=HelpFormatter,
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rebuild tiles made by a run with other settings instead of failing")
     parser.add_argument("--log-file", type=Path, default=None,
                         help="log file (default: <data-dir>/logs/preprocess.log)")
-    add_verbosity(parser)
+    add_standard_options(parser)
     return parser
 
 
@@ -194,7 +196,7 @@ def search_scenes(settings: PreprocessSettings, s2_source: S2Source,
         log.info("reusing search results from %s", cache)
         return ([_scene_from_json(s) for s in cached["s2"]], [_scene_from_json(s) for s in cached["s1"]])
     grid = settings.roi.grid
-    with tqdm(total=2, desc="search", unit="collection", file=sys.stderr) as bar:
+    with progress(total=2, desc="search", unit="collection") as bar:
         s2 = s2_source.search_s2(grid, settings.s2_period, settings.max_cloud)
         bar.update()
         s1 = s1_source.search_s1(grid, settings.s1_period)
@@ -265,9 +267,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
     started = time.perf_counter()
     network_start = _network_bytes()
     ensure_writable_dir(settings.tiles_dir, "tiles folder (--data-dir)")
-    removed = remove_stale_temporaries(settings.tiles_dir)
-    if removed:
-        log.info("removed %d unfinished tile(s) of an interrupted run", removed)
+    remove_stale_temporaries(settings.tiles_dir)
     options = SourceOptions(catalog=settings.catalog, s1_catalog=settings.s1_catalog,
                             s2_collection=settings.s2_collection,
                             work_dir=settings.data_dir / CACHE_DIRNAME / settings.s1_source, workers=settings.workers,
@@ -320,13 +320,17 @@ def run(settings: PreprocessSettings) -> RunSummary:
     s1_days = {d: group_by_day(scenes) for d, scenes in split_by_orbit(s1_scenes).items()}
     log.info("%d S2 acquisition days, S1 days: %s", len(s2_days),
              ", ".join(f"{d} {len(s1_days[d])}" for d in ORBIT_DIRECTIONS))
+    s1_counts = {d: len(s1_days[d]) for d in ORBIT_DIRECTIONS}
+    check_free_space(settings.tiles_dir, sum(tile_bytes(tile.shape, len(s2_days), s1_counts) for tile, _ in pending),
+                     f"{len(pending)} tile(s) of {len(s2_days)} S2 days")
 
-    provenance = {**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
-                  "s1_backscatter": s1_source.backscatter}
+    # recorded in every tile and the run metadata: never a password of a --catalog URL
+    provenance = redact_values({**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
+                                "s1_backscatter": s1_source.backscatter})
     metadata = {"run_key": settings.run_key, **provenance}
     with gdal_env(), ThreadPoolExecutor(settings.workers) as pool, \
             ThreadPoolExecutor(settings.workers, thread_name_prefix="day") as day_pool:
-        for tile, mask in tqdm(pending, desc="tiles", unit="tile", file=sys.stderr):
+        for tile, mask in progress(pending, desc="tiles", unit="tile"):
             tile_grid = tile.grid(roi_grid)
             with TileWriter(settings.tiles_dir, tile, tile_grid, mask, metadata) as writer:
                 stats = build_tile(writer, tile_grid, s2_days, s1_days, pool, s2_source.read_s2_day,

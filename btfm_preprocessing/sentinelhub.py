@@ -30,6 +30,22 @@ collection twice (data fusion: ids ``s2`` and ``scl`` with the same filters).
 Mosaicking: ``SIMPLE`` with ``leastCC`` order over one UTC day, i.e. the granule with the least
 cloud cover wins where granules of one day overlap (the STAC sources prefer valid pixels per
 pixel instead; granules of one datatake hold the same pixels, so this rarely differs).
+
+Retries (:class:`RetryPolicy`; the ``sentinelhub`` library's own retries are switched off so that
+every wait is logged at INFO here, e.g. ``Sentinel Hub token request unreachable (connection
+refused); retry 1/2 in 5 s``). With the defaults, per request (token, each Catalog API search,
+each Process API tile):
+
+- no answer (connection refused, DNS failure, connect timeout, or no data for 300 s): 3 tries,
+  waits 5 s and 10 s, so it gives up after about 15 s when refused or without DNS, within
+  15 s + 3 x 10 s (connect timeout) = 45 s when packets are dropped (the library sets no
+  timeout on the token request: there the system's TCP timeout applies, about 2 minutes on Linux);
+- HTTP 5xx: 4 tries, waits 5, 10, 20 s (35 s in all);
+- HTTP 429 (rate limit): up to 20 tries, each waiting the server's ``Retry-After`` (Sentinel Hub
+  sends it in milliseconds, usually well under a second) capped at 30 s, or 30 s without one.
+
+After that :class:`~btfm_core.errors.ServiceUnavailableError` names the deployment, the URL and
+what to try; an unexpected Catalog API page raises :class:`~btfm_core.errors.UnexpectedResponseError`.
 """
 
 from __future__ import annotations
@@ -42,10 +58,11 @@ import os
 import re
 import tarfile
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
@@ -53,12 +70,21 @@ from pystac.utils import str_to_datetime
 from rasterio.crs import CRS as RioCRS
 from rasterio.io import MemoryFile
 
-from btfm_core.errors import CredentialsError, SourceError
+from btfm_core.errors import CredentialsError, ServiceUnavailableError, SourceError, UnexpectedResponseError
 from btfm_core.grid import Grid
 from btfm_core.tiles import S2_BANDS
 from btfm_preprocessing.credentials import Secret, env_secret
 from btfm_preprocessing.download import count_received
 from btfm_preprocessing.encoding import harmonise_reflectance, has_boa_offset, scl_valid_mask
+from btfm_preprocessing.network import (
+    CHECK_NETWORK,
+    CONNECT_TIMEOUT_S,
+    RETRY_AFTER_MAX_S,
+    describe_problem,
+    is_unreachable,
+    log_retry,
+    safe_url,
+)
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.sources import RECORDED_PROPERTIES, SourceOptions
 from btfm_preprocessing.stac import Scene
@@ -68,6 +94,7 @@ if TYPE_CHECKING:
     from sentinelhub import SentinelHubDownloadClient, SentinelHubSession, SHConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Environment variables read by this source.
 CLIENT_ID_ENV = "SH_CLIENT_ID"
@@ -101,21 +128,40 @@ _BASELINE_IN_ID = re.compile(r"_N(\d{2})(\d{2})_")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to insist on a busy or failing service (passed to the ``sentinelhub`` client).
+    """How hard to insist on an unreachable, busy or failing service (bounds in the module docstring).
 
     Attributes:
-        attempts: tries of one request on 5xx answers and connection errors.
-        sleep_s: wait before the second try; each further wait is 3x longer (the library's back-off).
+        attempts: tries of one request answered 5xx.
+        unreachable_attempts: tries of one request that got no answer (refused, DNS failure, connect
+            timeout, or no data for ``timeout_s``).
+        sleep_s: wait before the second try; doubled for each further one, up to ``max_sleep_s``.
+        max_sleep_s: longest wait between two tries.
         rate_limit_tries: requests answered 429 (rate limit) before giving up.
         rate_limit_wait_s: wait after a 429 that carries no ``Retry-After`` header.
-        timeout_s: timeout of one HTTP request.
+        rate_limit_max_wait_s: longest wait honoured from a ``Retry-After`` header.
+        connect_timeout_s: seconds to wait for a connection.
+        timeout_s: seconds without data before a request counts as failed.
+        sleep: how to wait between tries (tests pass a recorder).
     """
 
-    attempts: int = 5
+    attempts: int = 4
+    unreachable_attempts: int = 3
     sleep_s: float = 5.0
+    max_sleep_s: float = 30.0
     rate_limit_tries: int = 20
     rate_limit_wait_s: float = 30.0
+    rate_limit_max_wait_s: float = RETRY_AFTER_MAX_S
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
     timeout_s: float = 300.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def wait_s(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 = the second try)."""
+        return min(self.sleep_s * 2 ** (retry - 1), self.max_sleep_s)
+
+    def total_wait_s(self, tries: int) -> float:
+        """Seconds waited in all before giving up after ``tries`` tries (not counting the requests)."""
+        return sum(self.wait_s(retry) for retry in range(1, tries))
 
 
 #: Retry settings of every request (tests replace it with a faster one).
@@ -395,21 +441,66 @@ class SentinelHubSource:
         self._slots = threading.BoundedSemaphore(max(1, self.workers))
 
     def config(self) -> SHConfig:
-        """The client library's configuration (never read from or written to its config file)."""
+        """The client library's configuration (never read from or written to its config file).
+
+        The library tries each request once (:meth:`_retrying` repeats it, logging each wait); it
+        still handles 429 answers itself, up to ``rate_limit_tries`` (:class:`_LoggedRateLimit`).
+        """
         from sentinelhub import SHConfig
 
+        timeouts = (self.retry.connect_timeout_s, self.retry.timeout_s)  # requests' (connect, read), passed as is
         return SHConfig(use_defaults=True, sh_client_id=self.client_id.reveal(),
                         sh_client_secret=self.client_secret.reveal(), sh_base_url=self.endpoint.base_url,
-                        sh_token_url=self.endpoint.token_url, max_download_attempts=self.retry.attempts,
-                        download_sleep_time=self.retry.sleep_s, download_timeout_seconds=self.retry.timeout_s,
+                        sh_token_url=self.endpoint.token_url, max_download_attempts=1,
+                        download_timeout_seconds=timeouts,  # type: ignore[arg-type]
                         max_retries=self.retry.rate_limit_tries)
+
+    def _retrying(self, what: str, url: str, call: Callable[[], T]) -> T:
+        """``call()``, repeated per :attr:`retry` while it gets no answer or a 5xx one (each wait logged at INFO).
+
+        Args:
+            what: the request, for messages (e.g. ``token request``).
+            url: where it goes (named in the message without its query string).
+            call: makes the request with the ``sentinelhub`` library.
+
+        Raises:
+            ServiceUnavailableError: still no answer, or still 5xx, after the tries.
+            DownloadFailedException: any other failure (4xx, 429 after ``rate_limit_tries``), for the
+                caller to explain.
+        """
+        from sentinelhub.exceptions import DownloadFailedException, OutOfRequestsException
+
+        policy, failures = self.retry, 0
+        while True:
+            try:
+                return call()
+            except OutOfRequestsException:
+                raise
+            except DownloadFailedException as exc:
+                status = _status(exc)
+                unreachable = status is None and is_unreachable(exc)
+                if not unreachable and (status is None or status < 500):
+                    raise
+                tries = policy.unreachable_attempts if unreachable else policy.attempts
+                failures += 1
+                if failures >= tries:
+                    fix = (f"{CHECK_NETWORK}, or use --source earthsearch or planetary (no account needed)"
+                           if unreachable else "the service is down or busy: retry later (finished tiles are kept), "
+                           "or use --source earthsearch or planetary")
+                    raise ServiceUnavailableError(
+                        f"{self.endpoint.name} {what} failed: {describe_problem(exc)} after {failures} tries "
+                        f"({safe_url(url)}); {fix}") from exc
+                delay = policy.wait_s(failures)
+                log_retry(log, f"{self.endpoint.name} {what}", describe_problem(exc), failures, tries - 1, delay)
+                policy.sleep(delay)
 
     def session(self) -> SentinelHubSession:
         """The OAuth session (token fetched once, refreshed by the library before it expires).
 
         Raises:
             CredentialsError: if the token endpoint rejects the client id/secret.
-            SourceError: if the token endpoint cannot be reached.
+            ServiceUnavailableError: if the token endpoint cannot be reached (after the retries).
+            SourceError: if the token endpoint answers something else than a token or a rejection.
         """
         with self._lock:
             if self._session is None:
@@ -417,7 +508,7 @@ class SentinelHubSource:
             return self._session
 
     def _new_session(self) -> SentinelHubSession:
-        from oauthlib.oauth2.rfc6749.errors import InsecureTransportError, OAuth2Error
+        from oauthlib.oauth2.rfc6749.errors import InsecureTransportError, MissingTokenError, OAuth2Error
         from sentinelhub import SentinelHubSession
         from sentinelhub.exceptions import DownloadFailedException
 
@@ -425,10 +516,15 @@ class SentinelHubSource:
         rejected = (f"{self.endpoint.name} rejected the OAuth client credentials ({CLIENT_ID_ENV}/"
                     f"{CLIENT_SECRET_ENV})")
         try:
-            return SentinelHubSession(config=self.config())
+            return self._retrying("token request", self.endpoint.token_url,
+                                  lambda: SentinelHubSession(config=self.config()))
         except InsecureTransportError:
             raise SourceError(f"the token URL {self.endpoint.token_url} is not https; set {TOKEN_URL_ENV} or "
                               "--catalog to an https:// deployment") from None
+        except MissingTokenError:  # a 200 answer without a token: not an OAuth token endpoint
+            raise UnexpectedResponseError(f"{self.endpoint.token_url} answered without an access token: it is not "
+                                          f"the OAuth token endpoint of a Sentinel Hub deployment; check --catalog "
+                                          f"or {TOKEN_URL_ENV}") from None
         except OAuth2Error as exc:  # an error answer in OAuth form: never echo the request
             raise CredentialsError(f"{rejected}: {exc.error}{f' ({exc.description})' if exc.description else ''}; "
                                    "check the client id and secret (an OAuth client of this deployment: "
@@ -438,14 +534,17 @@ class SentinelHubSource:
             if status in (400, 401, 403):
                 raise CredentialsError(f"{rejected} (HTTP {status}); check the client id and secret (an OAuth "
                                        f"client of this deployment: {self.endpoint.base_url})") from None
-            raise SourceError(f"cannot get a token from {self.endpoint.token_url}: "
-                              f"{_reason(exc)}") from None
+            answer = f"HTTP {status}" if status is not None else _reason(exc)
+            raise SourceError(f"cannot get a token from {self.endpoint.token_url} ({answer}); check --catalog or "
+                              f"{TOKEN_URL_ENV} (the deployment's OAuth token URL)") from None
 
     def _client(self) -> SentinelHubDownloadClient:
         from sentinelhub import SentinelHubDownloadClient
 
-        return SentinelHubDownloadClient(config=self.config(), session=self.session(),
-                                         default_retry_time=self.retry.rate_limit_wait_s)
+        client = SentinelHubDownloadClient(config=self.config(), session=self.session(),
+                                           default_retry_time=self.retry.rate_limit_wait_s)
+        client.rate_limit = _LoggedRateLimit(client.rate_limit, self.endpoint.name, self.retry)  # type: ignore[assignment]
+        return client
 
     def search_s2(self, grid: Grid, period: Period, max_cloud: float) -> list[Scene]:
         """S2 L2A acquisitions over ``grid`` in ``period`` with at most ``max_cloud`` % cloud, oldest first.
@@ -455,26 +554,36 @@ class SentinelHubSource:
         from sentinelhub import CRS, BBox, SentinelHubCatalog
         from sentinelhub.exceptions import DownloadFailedException
 
-        catalog = SentinelHubCatalog(config=self.config())
-        catalog.client = self._client()
-        search = catalog.search(COLLECTION, bbox=BBox(grid.lonlat_bounds(), crs=CRS.WGS84),
-                                time=(f"{period.start.isoformat()}T00:00:00Z", f"{period.end.isoformat()}T23:59:59Z"),
-                                filter=f"eo:cloud_cover <= {max_cloud:g}", limit=CATALOG_PAGE_SIZE)
-        scenes: dict[str, Scene] = {}
-        try:
+        def run_search() -> dict[str, Scene]:  # from the first page again if a page fails
+            catalog = SentinelHubCatalog(config=self.config())
+            catalog.client = self._client()
+            search = catalog.search(COLLECTION, bbox=BBox(grid.lonlat_bounds(), crs=CRS.WGS84),
+                                    time=(f"{period.start.isoformat()}T00:00:00Z",
+                                          f"{period.end.isoformat()}T23:59:59Z"),
+                                    filter=f"eo:cloud_cover <= {max_cloud:g}", limit=CATALOG_PAGE_SIZE)
+            found: dict[str, Scene] = {}
             for feature in search:
                 try:
                     scene = feature_to_scene(feature)
                 except SourceError as exc:
                     log.warning("skipped a Sentinel Hub catalog feature: %s", exc)
                     continue
-                scenes.setdefault(scene.id, scene)
+                found.setdefault(scene.id, scene)
+            return found
+
+        url = f"{self.endpoint.base_url}/api/v1/catalog"
+        try:
+            scenes = self._retrying("Catalog API search", url, run_search)
+        except SourceError:  # already says what is wrong (token, credentials, retries)
+            raise
         except DownloadFailedException as exc:
             raise SourceError(f"Sentinel Hub Catalog API search failed ({self.endpoint.base_url}): "
-                              f"{_reason(exc)}") from None
-        except (KeyError, TypeError) as exc:
-            raise SourceError(f"Sentinel Hub Catalog API answered an unexpected page (no {exc}); is "
-                              f"{self.endpoint.base_url} a Sentinel Hub deployment?") from None
+                              f"{_reason(exc)}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            missing = f"no key {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:160]
+            raise UnexpectedResponseError(f"Sentinel Hub Catalog API ({url}) answered an unexpected page "
+                                          f"({missing}); is {self.endpoint.base_url} a Sentinel Hub deployment? "
+                                          "Check --catalog / SH_BASE_URL") from exc
         log.info("Sentinel Hub catalog: %d S2 L2A acquisition(s) in %s", len(scenes), period)
         return sorted(scenes.values(), key=lambda s: (s.acquired, s.id))
 
@@ -502,12 +611,15 @@ class SentinelHubSource:
             use_session=True)
         with self._slots:
             try:
-                response = self._client().download([request], max_threads=1, decode_data=False)[0]
-            except OutOfRequestsException:
-                raise SourceError(f"Sentinel Hub kept answering 429 (rate limit) for {day.day}; wait and run "
-                                  "again (finished tiles are kept), or lower --workers") from None
+                response = self._retrying(
+                    f"Process API request for {day.day}", str(request.url),
+                    lambda: self._client().download([request], max_threads=1, decode_data=False)[0])
+            except OutOfRequestsException as exc:
+                raise ServiceUnavailableError(
+                    f"Sentinel Hub kept answering 429 (rate limit) for {day.day} after {self.retry.rate_limit_tries} "
+                    "tries; wait and run again (finished tiles are kept), or lower --workers") from exc
             except DownloadFailedException as exc:
-                raise SourceError(f"Sentinel Hub Process API request for {day.day} failed: {_reason(exc)}") from None
+                raise SourceError(f"Sentinel Hub Process API request for {day.day} failed: {_reason(exc)}") from exc
         count_received(len(response.content))
         tiff, userdata = parse_process_response(response.content)
         return mask_and_harmonise(decode_tile(tiff, userdata, grid), day.scenes, day.day)
@@ -519,6 +631,36 @@ class SentinelHubSource:
                 "harmonisation": "Process API units DN with harmonizeValues=true: +1000 offset of baseline "
                                  ">= 04.00 removed and negatives clamped to 0 by Sentinel Hub",
                 "resampling": "bands bilinear, SCL nearest", "mosaicking": "SIMPLE, leastCC, one UTC day"}
+
+
+class _LoggedRateLimit:
+    """The ``sentinelhub`` client's rate limiter, logging each 429 wait at INFO and capping ``Retry-After``.
+
+    Args:
+        inner: the client's ``SentinelHubRateLimit`` (it keeps the timing).
+        service: the deployment's name, for the log lines.
+        policy: ``rate_limit_tries`` and ``rate_limit_max_wait_s``.
+    """
+
+    def __init__(self, inner: Any, service: str, policy: RetryPolicy) -> None:
+        self.inner, self.service, self.policy, self.hits = inner, service, policy, 0
+
+    def register_next(self) -> float:
+        """Seconds to wait before the next request may start (0: now)."""
+        return float(self.inner.register_next())
+
+    def update(self, headers: Mapping[str, str], *, default: float) -> None:
+        """Register a 429 answer: wait its ``Retry-After`` (milliseconds; ``default`` without one), capped."""
+        header = self.inner.RETRY_HEADER
+        try:
+            wait_ms = float(headers.get(header, default))
+        except ValueError:
+            wait_ms = default
+        wait_ms = min(wait_ms, self.policy.rate_limit_max_wait_s * 1000)
+        self.hits += 1
+        log_retry(log, self.service, "answered HTTP 429 (rate limit)", self.hits,
+                  max(1, self.policy.rate_limit_tries - 1), wait_ms / 1000)
+        self.inner.update({header: str(int(wait_ms))}, default=default)
 
 
 def _status(exc: Exception) -> int | None:

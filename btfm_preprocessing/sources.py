@@ -6,21 +6,29 @@ Computer) differ only in roots, collections and asset keys and share the search 
 (:mod:`btfm_preprocessing.stac`, :mod:`btfm_preprocessing.reader`); Sentinel Hub
 (:mod:`btfm_preprocessing.sentinelhub`), ASF (:mod:`btfm_preprocessing.asf`) and HyP3
 (:mod:`btfm_preprocessing.hyp3`) bring their own search and read steps behind the same protocols.
+
+Network bounds: STAC API searches retry as :mod:`btfm_preprocessing.stac` says (about 2 s when a
+root refuses connections or has no DNS entry); Planetary Computer asset URLs are signed with SAS
+tokens fetched in :data:`PLANETARY_SAS_ATTEMPTS` (4) tries, waits 1, 2, 4 s, each logged at INFO.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlparse
 
 import numpy as np
+import requests
 
-from btfm_core.errors import SourceError
+from btfm_core.errors import ServiceUnavailableError, SourceError
 from btfm_core.grid import Grid
+from btfm_preprocessing.network import CHECK_NETWORK, RETRY_STATUS, describe_problem, http_status, log_retry
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.stac import Scene, local_path, search_items, to_scene
 from btfm_preprocessing.stack import AcquisitionDay, read_s1_day, read_s2_day
@@ -119,6 +127,7 @@ class StacSource:
             do not say it themselves (property ``btfm:backscatter``).
         s2_assets: contract band name -> S2 asset key.
         s1_assets: contract band name -> S1 asset key.
+        service: what the root is called in messages (e.g. ``Earth Search STAC API``).
     """
 
     name: str
@@ -129,6 +138,7 @@ class StacSource:
     s2_assets: Mapping[str, str] = field(default_factory=lambda: dict(EARTH_SEARCH_S2_ASSETS))
     s1_assets: Mapping[str, str] = field(default_factory=lambda: dict(RTC_S1_ASSETS))
     signer: Callable[[str], str] | None = None
+    service: str = "STAC API"
 
     def sign_href(self, href: str) -> str:
         """``href`` signed with :attr:`signer`, or unchanged."""
@@ -137,7 +147,7 @@ class StacSource:
     def search_s2(self, grid: Grid, period: Period, max_cloud: float) -> list[Scene]:
         """S2 scenes over the grid, oldest first."""
         items = search_items(self.root, self.s2_collection, grid.lonlat_bounds(), period,
-                             query={"eo:cloud_cover": {"lte": max_cloud}})
+                             query={"eo:cloud_cover": {"lte": max_cloud}}, service=self.service)
         return [to_scene(item, self.s2_assets, RECORDED_PROPERTIES) for item in items]
 
     def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
@@ -149,7 +159,7 @@ class StacSource:
         if self.s1_collection is None:
             log.warning("source '%s' serves no Sentinel-1 backscatter: the tiles' S1 series stay empty", self.name)
             return []
-        items = search_items(self.root, self.s1_collection, grid.lonlat_bounds(), period)
+        items = search_items(self.root, self.s1_collection, grid.lonlat_bounds(), period, service=self.service)
         return [to_scene(item, self.s1_assets, RECORDED_PROPERTIES) for item in items]
 
     def prepare_s1(self, scenes: Sequence[Scene], grid: Grid) -> list[Scene]:
@@ -192,7 +202,7 @@ def earthsearch_source(options: SourceOptions) -> StacSource:
         raise SourceError(f"Earth Search has no S2 L2A collection '{collection}'; use one of "
                           f"{', '.join(EARTH_SEARCH_S2_COLLECTIONS)}")
     return StacSource(name="earthsearch", root=str(options.catalog or EARTH_SEARCH_URL), s2_collection=collection,
-                      s1_collection=None, backscatter="none")
+                      s1_collection=None, backscatter="none", service="Earth Search STAC API")
 
 
 #: Microsoft Planetary Computer STAC API (no account needed; asset URLs need a SAS signature).
@@ -200,14 +210,54 @@ PLANETARY_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
 PLANETARY_S2_ASSETS: Mapping[str, str] = {band: band for band in EARTH_SEARCH_S2_ASSETS}
 
 
-def planetary_sign(href: str) -> str:
-    """Sign a Planetary Computer blob URL with a short-lived SAS token (``planetary-computer``)."""
+#: Tries of one Planetary Computer SAS token request (unreachable, 429 or 5xx): waits 1, 2, 4 s (7 s in
+#: all) instead of ``planetary-computer``'s own 10 unlogged retries (about 7 minutes without network).
+PLANETARY_SAS_ATTEMPTS = 4
+PLANETARY_SAS_BACKOFF_S = 1.0
+
+
+def planetary_sign(href: str, sleep: Callable[[float], None] = time.sleep) -> str:
+    """Sign a Planetary Computer blob URL with a short-lived SAS token (``planetary-computer``).
+
+    The token of the URL's storage container is fetched (then cached by ``planetary-computer``)
+    with :data:`PLANETARY_SAS_ATTEMPTS` tries, each wait logged at INFO.
+
+    Raises:
+        SourceError: the ``planetary-computer`` package is missing, or the token was refused (4xx).
+        ServiceUnavailableError: the token service is unreachable or answers 429/5xx after the tries.
+    """
     try:
         import planetary_computer
+        from planetary_computer.sas import get_token, parse_blob_url
     except ImportError as exc:
         raise SourceError("--source planetary needs the planetary-computer package: "
                           "pip install planetary-computer") from exc
+    parsed = urlparse(href)
+    if parsed.netloc.endswith(".blob.core.windows.net"):
+        account, container = parse_blob_url(parsed)
+        _with_retries(f"Planetary Computer SAS token request for {account}/{container}",
+                      lambda: get_token(account, container, retry_total=0), sleep)
     return str(planetary_computer.sign(href))
+
+
+def _with_retries(what: str, call: Callable[[], object], sleep: Callable[[float], None]) -> None:
+    """``call()``, tried :data:`PLANETARY_SAS_ATTEMPTS` times while unreachable or answering 429/5xx."""
+    for attempt in range(1, PLANETARY_SAS_ATTEMPTS + 1):
+        try:
+            call()
+            return
+        except requests.RequestException as exc:
+            status = http_status(exc)
+            if status is not None and status not in RETRY_STATUS:
+                raise SourceError(f"{what} was refused with HTTP {status}; set PC_SDK_SUBSCRIPTION_KEY if the "
+                                  "service asks for one, or use --source earthsearch") from exc
+            if attempt == PLANETARY_SAS_ATTEMPTS:
+                raise ServiceUnavailableError(f"{what} failed: {describe_problem(exc)} after {attempt} tries; "
+                                              f"{CHECK_NETWORK} (or retry later), or use --source earthsearch"
+                                              ) from exc
+            delay = PLANETARY_SAS_BACKOFF_S * 2 ** (attempt - 1)
+            log_retry(log, what, describe_problem(exc), attempt, PLANETARY_SAS_ATTEMPTS - 1, delay)
+            sleep(delay)
 
 
 def planetary_source(options: SourceOptions, *, for_s1: bool = False) -> StacSource:
@@ -223,7 +273,8 @@ def planetary_source(options: SourceOptions, *, for_s1: bool = False) -> StacSou
                       s2_collection=options.s2_collection or "sentinel-2-l2a", s1_collection="sentinel-1-rtc",
                       backscatter="gamma0 RTC (terrain-flattened), linear power",
                       s2_assets=dict(PLANETARY_S2_ASSETS),
-                      signer=lambda href: planetary_sign(href))  # looked up at call time (tests replace it)
+                      signer=lambda href: planetary_sign(href),  # looked up at call time (tests replace it)
+                      service="Planetary Computer STAC API")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
 from btfm_core.errors import BTFMError
 from btfm_core.logs import setup_logging
 from btfm_infer.checkpoint import save_checkpoint
@@ -37,7 +37,7 @@ def load_table(path: Path, mapping: dict[str, str] | None) -> PixelSeries:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command line of the trainer."""
-    parser = argparse.ArgumentParser(prog="python -m btfm_train", description=__doc__, formatter_class=HelpFormatter,
+    parser = argparse.ArgumentParser(prog=prog_name("btfm_train"), description=__doc__, formatter_class=HelpFormatter,
                                      epilog="example:\n  python -m btfm_train --table a.parquet --tiles-dir run/"
                                             "retiled_d_pixel --steps 1500 --out checkpoints/btfm_demo.pt\n")
     parser.add_argument("--table", type=Path, nargs="*", default=[], help="WorldCereal parquet tables")
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validate-every", type=int, default=500, help="steps between linear probes")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     parser.add_argument("--log-file", type=Path, default=None, help="default: <out>.log")
-    add_verbosity(parser)
+    add_standard_options(parser)
     return parser
 
 

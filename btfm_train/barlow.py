@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from btfm_core.fileio import atomic_path
+from btfm_core.progress import progress
 from btfm_infer.model import BTFM, Projector
 from btfm_infer.sampling import SEQ_LEN, build_s1_input, build_s2_input
 from btfm_train.data import PixelSeries
@@ -104,7 +104,7 @@ def train(model: BTFM, data: PixelSeries, cfg: TrainConfig, *, device: str = "cp
         log.info("resumed training at step %d from %s", start, state_path)
     use_amp = device.startswith("cuda")
     started = time.perf_counter()
-    for step in tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps):
+    for step in progress(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps):
         rng = np.random.default_rng([cfg.seed, step])  # a resumed run draws exactly the same batches
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # ... and the same dropout masks
         index = rng.choice(len(data), size=min(cfg.batch_size, len(data)), replace=False)

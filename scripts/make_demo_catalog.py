@@ -28,7 +28,7 @@ from rasterio.features import rasterize
 from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import Polygon, box, mapping, shape
 
-from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
 from btfm_core.errors import InputDataError, SourceError
 from btfm_core.logs import setup_logging
 
@@ -521,14 +521,14 @@ def folder_size(path: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Regenerate the demo catalog; return the exit code."""
     parser = argparse.ArgumentParser(
-        prog="make_demo_catalog.py", description=__doc__, formatter_class=HelpFormatter,
+        prog=prog_name("make_demo_catalog.py"), description=__doc__, formatter_class=HelpFormatter,
         epilog="example:\n  .venv/bin/python scripts/make_demo_catalog.py --out data/demo_belgium")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
                         help="the WorldCereal netCDF cube (worldcereal_preprocessed_inputs.nc)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder; its collection folders, catalog, ROI files, README and LICENSE "
                              "are replaced")
-    add_verbosity(parser)
+    add_standard_options(parser)
     args = parser.parse_args(argv)
     setup_logging(verbosity=args.verbosity)
     cube = read_cube(args.source)

@@ -149,7 +149,9 @@ def test_stac_item_records_the_model_and_sources_without_flags(demo_run: Path) -
     item = json.loads((demo_run / "stitched_representation.stac.json").read_text())
     record = json.loads((demo_run / "representation_retiled" / "inference.json").read_text())
     model, sources = item["properties"]["btfm:model"], item["properties"]["btfm:sources"]
-    assert model["sha256"] == record["model"]["sha256"] and model["name"] == "btfm_demo.pt" and model["seed"] == 0
+    checkpoint = item["assets"]["model"]
+    assert checkpoint["file:checksum"] == "1220" + record["model"]["sha256"] and checkpoint["href"] == "./btfm_demo.pt"
+    assert model["seed"] == 0
     assert sources["source"] == "local" and sources["s1_source"] == "local"
 
 

@@ -118,12 +118,35 @@ def test_cli_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert capsys.readouterr().out.split() == [str(tif), str(png), str(stac)]
     assert tif.is_file() and png.is_file() and stac.is_file() and (tmp_path / "logs" / "npy2tiff.log").is_file()
     assert "no run metadata with the observation period" in caplog.text
-    assert convert.main(["--npy", str(npy), "--ref-tiff", str(roi_path), "-q"]) == 2
-    assert "already exists; pass --overwrite" in caplog.text
+    stamps = {path: path.stat().st_mtime_ns for path in (tif, png, stac)}
+    assert convert.main(["--npy", str(npy), "--ref-tiff", str(roi_path), "-q"]) == 0  # complete set: nothing to do
+    assert "nothing to do" in caplog.text and {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    assert capsys.readouterr().out.split() == [str(tif), str(png), str(stac)]
+    assert convert.main(["--npy", str(npy), "--ref-tiff", str(roi_path), "-q", "--seed", "1"]) == 2  # other PNG
+    assert "png already exists; pass --overwrite" in caplog.text and "--png" in caplog.text
     assert convert.main(["--npy", str(npy), "--roi", str(roi_path), "-q", "--overwrite", "--no-png", "--no-stac",
                          "--out", str(tmp_path / "b.tif")]) == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "b.tif")]
     assert not (tmp_path / "b.png").exists() and not (tmp_path / "b.stac.json").exists()
+
+
+def test_rerun_completes_a_partial_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An export killed after its GeoTIFF: the rerun (no --overwrite) keeps it and writes the rest."""
+    roi_path, npy, _, _ = make_inputs(tmp_path)
+    args = ["--npy", str(npy), "--ref-tiff", str(roi_path), "--dtype", "int8", "-q"]
+    assert convert.main(args) == 0
+    names = ["stitched_representation.tif", "stitched_representation_scales.tif", "stitched_representation.png",
+             "stitched_representation.stac.json"]
+    complete = {name: (tmp_path / name).read_bytes() for name in names}
+    (tmp_path / names[2]).unlink()
+    (tmp_path / names[3]).unlink()
+    (tmp_path / ".tmp-stitched_representation.png.999.abcdef12").write_bytes(b"half")  # a killed write
+    tif_stamp = (tmp_path / names[0]).stat().st_mtime_ns
+    capsys.readouterr()
+    assert convert.main(args) == 0
+    assert (tmp_path / names[0]).stat().st_mtime_ns == tif_stamp
+    assert {name: (tmp_path / name).read_bytes() for name in names} == complete
+    assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_png_alpha_and_colours(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -176,17 +177,36 @@ def test_empty_representation_dir(tmp_path: Path) -> None:
         stitcher.stitch(tmp_path / "reps", tmp_path / "roi.tiff", tmp_path / "o.npy")
 
 
-def test_refuses_overwrite(run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_rerun_keeps_a_current_map_and_refuses_one_of_other_tiles(run_dir: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     assert cli(run_dir) == 0
     out = run_dir / "stitched_representation.npy"
     before = out.stat().st_mtime_ns
+    record = json.loads((run_dir / "stitched_representation.json").read_text())
+    assert record["shape"] == [23, 37, 128] and record["bytes"] == out.stat().st_size
+    assert cli(run_dir) == 0  # same tiles: nothing to do
+    assert "nothing to do" in caplog.text
+    assert out.stat().st_mtime_ns == before
+    tile = next((run_dir / "representation_retiled").glob("*.npy"))
+    np.save(tile, np.load(tile) + 1)  # a re-embedded tile: the map is stale
+    caplog.clear()
     assert cli(run_dir) == 2
-    assert "already exists; pass --overwrite" in caplog.text
+    assert "already exists; pass --overwrite" in caplog.text and "made from other tiles" in caplog.text
     assert out.stat().st_mtime_ns == before
     with pytest.raises(BTFMError, match="already exists"):
         stitcher.stitch(run_dir / "representation_retiled", run_dir / "roi.tiff", out)
     assert cli(run_dir, "--overwrite") == 0
-    np.testing.assert_array_equal(np.load(out), expected_mosaic())
+    assert out.stat().st_mtime_ns != before
+
+
+def test_rerun_removes_the_leftovers_of_a_killed_stitch(run_dir: Path) -> None:
+    leftover = run_dir / ".tmp-stitched_representation.npy.4242.deadbeef"
+    leftover.write_bytes(b"half written")
+    other = run_dir / ".tmp-emb.tif.4242.deadbeef"  # not stitch's: left alone
+    other.write_bytes(b"")
+    assert cli(run_dir) == 0
+    assert not leftover.exists() and other.exists()
+    np.testing.assert_array_equal(np.load(run_dir / "stitched_representation.npy"), expected_mosaic())
 
 
 def test_ignores_temporaries_and_other_files(run_dir: Path) -> None:
