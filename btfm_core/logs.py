@@ -60,3 +60,6 @@ def setup_logging(log_file: str | os.PathLike[str] | None = None, verbosity: int
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # asf_search logs its queries at INFO and its own ERROR line for a failed request, which we report ourselves
     logging.getLogger("asf_search").setLevel(logging.CRITICAL)
+    # a Dask cluster's scheduler, nannies and workers announce every start and stop at INFO
+    for chatty in ("distributed", "tornado"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -496,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ("--max-gpu is 0" if asked_for_gpu else "no CUDA GPU was found; raise --max-cpu"))
     if min(args.cores, args.cpu_batch_size, args.gpu_batch_size, args.repeat) < 1:
         raise BTFMError("--cores, --cpu-batch-size, --gpu-batch-size and --repeat must be >= 1")
+    if args.seed < 0:
+        raise BTFMError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.engine == "onnxruntime" and args.precision in ("bf16", "int8"):
         raise BTFMError(f"--precision {args.precision} applies to the torch engine; use --engine torch with it, or "
                         "fp32 with --engine onnxruntime")

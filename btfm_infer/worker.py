@@ -205,7 +205,11 @@ def one_line(exc: BaseException) -> str:
 def _embed(args: argparse.Namespace, progress: ProgressFile) -> int:
     """Load the model and embed ``--tiles``; prints ``<tiles written> <pixels>`` on stdout."""
     torch.set_num_threads(max(1, args.threads))
-    engine = args.engine if torch.device(args.device).type == "cpu" else "torch"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise BTFMError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    engine = args.engine if device.type == "cpu" else "torch"
     options = InferenceOptions(args.seed, args.repeat, args.batch_size,
                                resolve_precision(args.precision, args.device), engine, args.model_family,
                                args.stats, args.dim)

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
@@ -46,11 +45,11 @@ import requests
 from asf_search.constants import INTERNAL
 from asf_search.exceptions import ASFAuthenticationError, ASFSearchError
 from shapely.geometry import box
-from tqdm import tqdm
 
 from btfm_core.errors import CredentialsError, ServiceUnavailableError, SourceError, UnexpectedResponseError
 from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
+from btfm_core.progress import progress
 from btfm_core.tiles import ORBIT_DIRECTIONS
 from btfm_preprocessing.credentials import earthdata_login
 from btfm_preprocessing.download import Expected, download
@@ -405,8 +404,7 @@ class AsfSource:
         prepared: list[Scene] = []
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
             futures = [pool.submit(self.process_scene, scene, grid) for scene in scenes]
-            for future in tqdm(as_completed(futures), total=len(futures), desc="S1 GRD", unit="scene",
-                               file=sys.stderr, disable=None):
+            for future in progress(as_completed(futures), total=len(futures), desc="S1 GRD", unit="scene"):
                 scene = future.result()
                 if scene is not None:
                     prepared.append(scene)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from tqdm import tqdm
 
 from btfm_core.errors import CredentialsError, DownloadError
 from btfm_core.fileio import file_digest
+from btfm_core.progress import progress
 from btfm_preprocessing.network import (
     CHECK_NETWORK,
     CONNECT_TIMEOUT_S,
@@ -133,9 +132,7 @@ def _write_part(response: requests.Response, part: Path, have: int, name: str, e
     if have and response.status_code != 206:  # server ignored Range: start over
         have = 0
     total = int(response.headers.get("Content-Length", 0)) + have or expected.size
-    with part.open("ab" if have else "wb") as handle, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=name, file=sys.stderr,
-            leave=False, disable=None) as bar:
+    with part.open("ab" if have else "wb") as handle, progress(total=total, initial=have, unit="B", desc=name) as bar:
         for chunk in response.iter_content(CHUNK_BYTES):
             handle.write(chunk)
             bar.update(len(chunk))

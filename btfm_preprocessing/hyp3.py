@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 import zipfile
@@ -52,11 +51,11 @@ from hyp3_sdk.exceptions import AuthenticationError, HyP3SDKError
 from hyp3_sdk.exceptions import ServerError as Hyp3ServerError
 from hyp3_sdk.exceptions import ServiceUnavailableError as Hyp3UnavailableError
 from hyp3_sdk.hyp3 import PROD_API
-from tqdm import tqdm
 
 from btfm_core.errors import CredentialsError, ServiceUnavailableError, SourceError, UnexpectedResponseError
 from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
+from btfm_core.progress import progress
 from btfm_preprocessing.asf import ASF_SEARCH_URL, search_grd, search_url_from
 from btfm_preprocessing.credentials import earthdata_login
 from btfm_preprocessing.download import Expected, download
@@ -369,8 +368,8 @@ class Hyp3Source:
         futures: list[Future[Scene]] = []
         interval, started, failures = self.poll_s, time.monotonic(), 0
         now = dt.datetime.now(dt.timezone.utc)
-        with ThreadPoolExecutor(max(1, self.workers)) as pool, tqdm(
-                total=len(pending), desc="HyP3 RTC jobs", unit="job", file=sys.stderr, disable=None) as bar:
+        with ThreadPoolExecutor(max(1, self.workers)) as pool, progress(
+                total=len(pending), desc="HyP3 RTC jobs", unit="job") as bar:
             while True:
                 finished, failures = self._poll(client, pending, jobs, failures, interval)
                 for scene_id, job in finished.items():

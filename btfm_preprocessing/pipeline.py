@@ -35,21 +35,29 @@ from btfm_core.tiles import (
     ORBIT_DIRECTIONS,
     RUN_METADATA_FILE,
     TileId,
-    TileWriter,
     read_run_metadata,
-    read_tile,
-    read_tile_metadata,
     tile_bytes,
     tile_layout,
     write_run_metadata,
 )
 from btfm_preprocessing.checks import check_flags, unobserved_line, warn_unobserved
-from btfm_preprocessing.download import downloaded_bytes
+from btfm_preprocessing.dry_run import plan_report
 from btfm_preprocessing.period import Period, parse_period
-from btfm_preprocessing.reader import gdal_env, network_bytes_read
+from btfm_preprocessing.reader import gdal_env
 from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, S1Source, S2Source, SourceOptions, default_s1_source
 from btfm_preprocessing.stac import Scene, local_path
-from btfm_preprocessing.stack import build_tile, group_by_day, split_by_orbit
+from btfm_preprocessing.stack import AcquisitionDay, group_by_day, split_by_orbit
+from btfm_preprocessing.tile_tasks import (
+    TileJob,
+    TileResult,
+    check_workers_see,
+    connect,
+    done_stats,
+    network_bytes,
+    peak_rss_mb,
+    run_on_dask,
+    write_tile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +85,22 @@ class PreprocessSettings:
     max_cloud: float
     keep_intermediate: bool
     overwrite: bool
+    scheduler: str | None = None
+    dask_local: int = 0
+    retries: int = 2
+    dry_run: bool = False
 
     @property
     def tiles_dir(self) -> Path:
         """Where tile folders go."""
         return self.data_dir / TILES_DIRNAME
+
+    @property
+    def source_options(self) -> SourceOptions:
+        """What the sources are told (roots, collection, cache folder, parallel requests, cloud limit)."""
+        return SourceOptions(catalog=self.catalog, s1_catalog=self.s1_catalog, s2_collection=self.s2_collection,
+                             work_dir=self.data_dir / CACHE_DIRNAME / self.s1_source, workers=self.workers,
+                             max_cloud=self.max_cloud)
 
     @property
     def run_key(self) -> str:
@@ -144,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rebuild tiles made by a run with other settings instead of failing")
     parser.add_argument("--log-file", type=Path, default=None,
                         help="log file (default: <data-dir>/logs/preprocess.log)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="search only, print the plan (tiles, days and scenes per tile, bytes to read, disk, "
+                             "memory per worker) and stop; writes nothing but the search cache")
+    cluster = parser.add_argument_group("distributed (tiles as Dask tasks; the run folder and the ROI must be "
+                                        "on a file system every worker sees)")
+    where = cluster.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    where.add_argument("--dask-local", type=int, default=0, metavar="N",
+                       help="start a local Dask cluster of N worker processes")
+    cluster.add_argument("--retries", type=int, default=2,
+                         help="times a failed tile is retried on the cluster before it is reported")
     add_standard_options(parser)
     return parser
 
@@ -156,6 +187,10 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
     check_flags(args.tile_size, args.max_cloud)
     if args.workers <= 0:
         raise BTFMError(f"--workers must be positive, got {args.workers}")
+    if args.dask_local < 0 or args.retries < 0:
+        raise BTFMError(f"--dask-local and --retries must be >= 0, got {args.dask_local} and {args.retries}")
+    if args.dry_run and args.overwrite:
+        raise BTFMError("--dry-run writes nothing, so --overwrite has no meaning with it; drop one of them")
     roi = open_roi(args.roi)
     s2_period = parse_period(args.s2_start, args.s2_end, "S2")
     s1_period = parse_period(args.s1_start, args.s1_end, "S1")
@@ -174,7 +209,9 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
                               s2_collection=args.s2_collection,
                               tile_size=args.tile_size,
                               workers=args.workers, max_cloud=args.max_cloud,
-                              keep_intermediate=args.keep_intermediate, overwrite=args.overwrite)
+                              keep_intermediate=args.keep_intermediate or args.dry_run, overwrite=args.overwrite,
+                              scheduler=args.scheduler, dask_local=args.dask_local, retries=args.retries,
+                              dry_run=args.dry_run)
 
 
 def _scene_to_json(scene: Scene) -> dict[str, object]:
@@ -201,19 +238,13 @@ def search_scenes(settings: PreprocessSettings, s2_source: S2Source,
         bar.update()
         s1 = s1_source.search_s1(grid, settings.s1_period)
         bar.update()
+    if not s2:
+        return s2, s1  # the run stops here (no scene): nothing to resume, nothing cached
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
         tmp.write_text(json.dumps({"s2": [_scene_to_json(s) for s in s2],
                                    "s1": [_scene_to_json(s) for s in s1]}))
     return s2, s1
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux and macOS)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 @dataclass
@@ -232,13 +263,30 @@ class RunSummary:
     scenes_used: set[str] = dataclasses.field(default_factory=set)
     valid_counts: list[np.ndarray] = dataclasses.field(default_factory=list)
     network_bytes: int | None = None
+    peak_rss_by_worker: dict[str, float] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+
+    def add(self, result: TileResult) -> None:
+        """Count one tile, written or found done."""
+        self.valid_counts.append(result.stats.valid_per_pixel)
+        self.scenes_used |= result.stats.scenes_used
+        if result.skipped:
+            self.tiles_skipped += 1
+            return
+        self.tiles_written += 1
+        if result.worker != "local":  # a local tile's bytes and memory are this process's
+            if result.network_bytes is not None:
+                self.network_bytes = (self.network_bytes or 0) + result.network_bytes
+            self.peak_rss_by_worker[result.worker] = max(result.peak_rss_mb,
+                                                         self.peak_rss_by_worker.get(result.worker, 0.0))
 
     def lines(self, tiles_dir: Path) -> list[str]:
         """Human-readable summary."""
         valid = np.concatenate(self.valid_counts) if self.valid_counts else np.zeros(0, np.int32)
         stats = (f"mean {valid.mean():.1f}, min {valid.min()}, max {valid.max()}" if valid.size else "n/a")
         traffic = "n/a" if self.network_bytes is None else f"{self.network_bytes / 1e6:.1f} MB"
+        memory = f"{peak_rss_mb():.0f} MB" + "".join(
+            f"; worker {name}: {mb:.0f} MB" for name, mb in sorted(self.peak_rss_by_worker.items()))
         return [
             f"tiles: {self.tiles_total} ({self.tiles_written} written, {self.tiles_skipped} already done)",
             f"Sentinel-2 scenes ({self.s2_source}): {self.s2_scenes} found, "
@@ -249,61 +297,39 @@ class RunSummary:
             f"valid S2 observations per ROI pixel: {stats}",
             unobserved_line(self.valid_counts),
             f"output: {tiles_dir}",
-            f"time: {self.seconds:.1f} s; peak memory (RSS): {peak_rss_mb():.0f} MB",
+            f"time: {self.seconds:.1f} s; peak memory (RSS): {memory}",
         ]
 
 
-def _current_tile_scenes(folder: Path, run_key: str) -> set[str] | None:
-    """Scene ids used by a finished tile of this run (None: the tile was made by another run)."""
-    metadata = read_tile_metadata(folder)
-    if metadata.get("run_key") != run_key:
-        return None
-    groups = [metadata.get("s2_scenes", [])] + [metadata.get(f"s1_{d}_scenes", []) for d in ORBIT_DIRECTIONS]
-    return {scene for days in groups for day in days for scene in day}
+def plan_tiles(settings: PreprocessSettings) -> list[TileId]:
+    """The tiles of the ROI grid that hold at least one ROI pixel."""
+    grid = settings.roi.grid
+    return [tile for tile in tile_layout(grid.height, grid.width, settings.tile_size)
+            if settings.roi.read_mask(tile.grid(grid)).any()]
 
 
-def run(settings: PreprocessSettings) -> RunSummary:
-    """Write every tile of the ROI that is not already done; return the run's figures."""
-    started = time.perf_counter()
-    network_start = _network_bytes()
-    ensure_writable_dir(settings.tiles_dir, "tiles folder (--data-dir)")
-    remove_stale_temporaries(settings.tiles_dir)
-    options = SourceOptions(catalog=settings.catalog, s1_catalog=settings.s1_catalog,
-                            s2_collection=settings.s2_collection,
-                            work_dir=settings.data_dir / CACHE_DIRNAME / settings.s1_source, workers=settings.workers,
-                            max_cloud=settings.max_cloud)
-    s2_source = S2_SOURCES[settings.source](options)
-    s1_source = S1_SOURCES[settings.s1_source](options)
-    roi_grid = settings.roi.grid
-    tiles: list[tuple[TileId, np.ndarray]] = []
-    for tile in tile_layout(roi_grid.height, roi_grid.width, settings.tile_size):
-        mask = settings.roi.read_mask(tile.grid(roi_grid))
-        if mask.any():
-            tiles.append((tile, mask))
-    summary = RunSummary(tiles_total=len(tiles), s2_source=settings.source, s1_source=settings.s1_source)
-    log.info("ROI %s: %dx%d px, %d px inside, %d tile(s) of %d px", settings.roi.path, roi_grid.width,
-             roi_grid.height, settings.roi.inside_pixels, len(tiles), settings.tile_size)
+def pending_tiles(settings: PreprocessSettings, tiles: Sequence[TileId], summary: RunSummary) -> list[TileId]:
+    """The tiles not done by a run of these settings (the done ones are counted in ``summary``).
 
+    Raises:
+        BTFMError: a tile was made by a run with other settings and ``--overwrite`` is not given.
+    """
     pending = []
-    for tile, mask in tiles:
+    for tile in tiles:
         folder = settings.tiles_dir / tile.name
         if folder.is_dir():
-            done_scenes = _current_tile_scenes(folder, settings.run_key)
-            if done_scenes is not None:
-                summary.tiles_skipped += 1
-                summary.scenes_used |= done_scenes
-                masks = read_tile(folder).masks
-                summary.valid_counts.append(masks.sum(axis=0, dtype=np.int32)[mask != 0])
+            done = done_stats(folder, settings.run_key)
+            if done is not None:
+                summary.add(TileResult(done, 0, 0.0, skipped=True))
                 continue
             if not settings.overwrite:
                 raise BTFMError(f"tile {folder} was made by a run with other settings (dates, source "
                                 "or ROI); pass --overwrite to rebuild it or use another --data-dir")
-        pending.append((tile, mask))
+        pending.append(tile)
+    return pending
 
-    with gdal_env():
-        s2_scenes, s1_scenes = search_scenes(settings, s2_source, s1_source)
-    summary.s2_scenes, summary.s1_scenes = len(s2_scenes), len(s1_scenes)
-    summary.s2_ids, summary.s1_ids = frozenset(s.id for s in s2_scenes), frozenset(s.id for s in s1_scenes)
+
+def _check_scenes(settings: PreprocessSettings, s2_scenes: Sequence[Scene], s1_scenes: Sequence[Scene]) -> None:
     if not s2_scenes:
         raise NoScenesFoundError(
             f"no Sentinel-2 scene found for {settings.s2_period} over the ROI in source "
@@ -311,67 +337,133 @@ def run(settings: PreprocessSettings) -> RunSummary:
             "check the dates, the ROI location or --max-cloud")
     if not s1_scenes:
         log.warning("no Sentinel-1 scene found for %s; tiles get empty S1 series", settings.s1_period)
+
+
+def tile_jobs(settings: PreprocessSettings, pending: Sequence[TileId], s2_days: Sequence[AcquisitionDay],
+              s1_days: dict[str, list[AcquisitionDay]], metadata: dict[str, object]) -> list[TileJob]:
+    """One :class:`TileJob` per pending tile."""
+    return [TileJob(settings.tiles_dir, tile, settings.roi.path, settings.roi.grid, settings.source,
+                    settings.s1_source, settings.source_options, tuple(s2_days), s1_days, dict(metadata),
+                    settings.workers) for tile in pending]
+
+
+def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: RunSummary, client: object) -> None:
+    """Write the jobs' tiles here (one after the other, reads in parallel) or on the Dask ``client``.
+
+    Raises:
+        BTFMError: tiles failed on the cluster after their retries (the others are written).
+    """
+    def record(result: TileResult) -> None:
+        where = "" if result.worker == "local" else f" (worker {result.worker})"
+        log.info("tile %s: %d S2 dates, S1 %s%s", result.tile, result.stats.s2_dates, result.stats.s1_dates, where)
+        summary.add(result)
+
+    if client is not None:
+        failures = run_on_dask(client, jobs, retries=settings.retries, on_result=record)
+        if failures:
+            raise BTFMError(f"{len(failures)} of {len(jobs)} tile(s) failed after {settings.retries} retries: "
+                            f"{'; '.join(failures[:3])}; the other tiles are written, rerun to retry these")
+        return
+    with ThreadPoolExecutor(settings.workers) as pool, \
+            ThreadPoolExecutor(settings.workers, thread_name_prefix="day") as day_pool:
+        for job in progress(jobs, desc="tiles", unit="tile"):
+            record(write_tile(job, pool, day_pool))
+
+
+def finish_run(settings: PreprocessSettings, provenance: dict[str, object], s2_scenes: Sequence[Scene],
+               s1_scenes: Sequence[Scene]) -> None:
+    """Write ``run_metadata.json`` (every tile is done) and remove the caches unless asked to keep them."""
+    write_run_metadata(settings.tiles_dir, {
+        **provenance,
+        "run_key": settings.run_key,
+        "roi": str(settings.roi.path),
+        "s2_period": str(settings.s2_period),
+        "s1_period": str(settings.s1_period),
+        "max_cloud": settings.max_cloud,
+        "tile_size": settings.tile_size,
+        "s2_scenes": len(s2_scenes),
+        "s1_scenes": len(s1_scenes),
+        "s1_backscatter_recorded": sorted({str(s.properties.get("btfm:backscatter", "unknown")) for s in s1_scenes}),
+        "s2_notes": sorted({f"B8A from {s.properties['btfm:b8a_substitute']}" for s in s2_scenes
+                            if "btfm:b8a_substitute" in s.properties}),
+    })
+
+
+def run(settings: PreprocessSettings) -> RunSummary:
+    """Write every tile of the ROI that is not already done; return the run's figures.
+
+    Steps: connect to the cluster (if any) → plan the tiles → find the pending ones → search →
+    (``--dry-run``: print the plan and stop) → prepare S1 → write the tiles → finish the run.
+    """
+    started = time.perf_counter()
+    network_start = network_bytes()
+    client = cluster = None
+    if settings.scheduler or settings.dask_local:  # before any work: the cluster must answer and see the folder
+        client, cluster = connect(settings.scheduler, settings.dask_local, threads=1)
+    try:
+        if client is not None:
+            log.info("Dask cluster %s: %d worker(s) see the run folder", settings.scheduler or "local",
+                     check_workers_see(client, settings.data_dir, settings.roi.path))
+        if not settings.dry_run:
+            ensure_writable_dir(settings.tiles_dir, "tiles folder (--data-dir)")
+            remove_stale_temporaries(settings.tiles_dir)
+        summary = _run_steps(settings, client)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    summary.seconds = time.perf_counter() - started
+    network_end = network_bytes()
+    if network_start is not None and network_end is not None:
+        summary.network_bytes = (summary.network_bytes or 0) + network_end - network_start
+    return summary
+
+
+def _run_steps(settings: PreprocessSettings, client: object) -> RunSummary:
+    tiles = plan_tiles(settings)
+    summary = RunSummary(tiles_total=len(tiles), s2_source=settings.source, s1_source=settings.s1_source)
+    log.info("ROI %s: %dx%d px, %d px inside, %d tile(s) of %d px", settings.roi.path, settings.roi.grid.width,
+             settings.roi.grid.height, settings.roi.inside_pixels, len(tiles), settings.tile_size)
+    pending = pending_tiles(settings, tiles, summary)
+    s2_source = S2_SOURCES[settings.source](settings.source_options)
+    s1_source = S1_SOURCES[settings.s1_source](settings.source_options)
+    with gdal_env():
+        s2_scenes, s1_scenes = search_scenes(settings, s2_source, s1_source)
+    summary.s2_scenes, summary.s1_scenes = len(s2_scenes), len(s1_scenes)
+    summary.s2_ids, summary.s1_ids = frozenset(s.id for s in s2_scenes), frozenset(s.id for s in s1_scenes)
+    _check_scenes(settings, s2_scenes, s1_scenes)
+    if settings.dry_run:
+        for line in plan_report(settings.roi.grid, pending, group_by_day(s2_scenes),
+                                {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()},
+                                workers=settings.workers, sign=getattr(s2_source, "sign_href", None)):
+            print(line)
+        return summary
     # Everything done by an earlier run of these settings (tiles and run metadata): nothing to
     # prepare, and the metadata it wrote (from prepared scenes) stays as it is.
     finished = not pending and read_run_metadata(settings.tiles_dir).get("run_key") == settings.run_key
     if not finished and s1_scenes:
-        s1_scenes = s1_source.prepare_s1(s1_scenes, roi_grid)
+        s1_scenes = s1_source.prepare_s1(s1_scenes, settings.roi.grid)
     s2_days = group_by_day(s2_scenes)
     s1_days = {d: group_by_day(scenes) for d, scenes in split_by_orbit(s1_scenes).items()}
     log.info("%d S2 acquisition days, S1 days: %s", len(s2_days),
              ", ".join(f"{d} {len(s1_days[d])}" for d in ORBIT_DIRECTIONS))
     s1_counts = {d: len(s1_days[d]) for d in ORBIT_DIRECTIONS}
-    check_free_space(settings.tiles_dir, sum(tile_bytes(tile.shape, len(s2_days), s1_counts) for tile, _ in pending),
+    check_free_space(settings.tiles_dir, sum(tile_bytes(tile.shape, len(s2_days), s1_counts) for tile in pending),
                      f"{len(pending)} tile(s) of {len(s2_days)} S2 days")
-
     # recorded in every tile and the run metadata: never a password of a --catalog URL
     provenance = redact_values({**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
                                 "s1_backscatter": s1_source.backscatter})
-    metadata = {"run_key": settings.run_key, **provenance}
-    with gdal_env(), ThreadPoolExecutor(settings.workers) as pool, \
-            ThreadPoolExecutor(settings.workers, thread_name_prefix="day") as day_pool:
-        for tile, mask in progress(pending, desc="tiles", unit="tile"):
-            tile_grid = tile.grid(roi_grid)
-            with TileWriter(settings.tiles_dir, tile, tile_grid, mask, metadata) as writer:
-                stats = build_tile(writer, tile_grid, s2_days, s1_days, pool, s2_source.read_s2_day,
-                                   s1_source.read_s1_day, day_pool=day_pool, days_ahead=settings.workers)
-            log.info("tile %s: %d S2 dates, S1 %s", tile.name, stats.s2_dates, stats.s1_dates)
-            summary.valid_counts.append(stats.valid_per_pixel)
-            summary.scenes_used |= stats.scenes_used
-            summary.tiles_written += 1
-
+    write_tiles(settings, tile_jobs(settings, pending, s2_days, s1_days, {"run_key": settings.run_key, **provenance}),
+                summary, client)
     warn_unobserved(summary.valid_counts)
     if finished:
         log.info("all tiles were already done; %s kept as it is", settings.tiles_dir / RUN_METADATA_FILE)
     else:
-        write_run_metadata(settings.tiles_dir, {
-            **provenance,
-            "run_key": settings.run_key,
-            "roi": str(settings.roi.path),
-            "s2_period": str(settings.s2_period),
-            "s1_period": str(settings.s1_period),
-            "max_cloud": settings.max_cloud,
-            "tile_size": settings.tile_size,
-            "s2_scenes": len(s2_scenes),
-            "s1_scenes": len(s1_scenes),
-            "s1_backscatter_recorded": sorted({str(s.properties.get("btfm:backscatter", "unknown"))
-                                               for s in s1_scenes}),
-            "s2_notes": sorted({f"B8A from {s.properties['btfm:b8a_substitute']}" for s in s2_scenes
-                                if "btfm:b8a_substitute" in s.properties}),
-        })
+        finish_run(settings, provenance, s2_scenes, s1_scenes)
     if not settings.keep_intermediate:
         shutil.rmtree(settings.data_dir / CACHE_DIRNAME, ignore_errors=True)
-    summary.seconds = time.perf_counter() - started
-    network_end = _network_bytes()
-    if network_start is not None and network_end is not None:
-        summary.network_bytes = network_end - network_start
     return summary
-
-
-def _network_bytes() -> int | None:
-    """Bytes received so far by GDAL range reads and whole-file downloads (None: unknown)."""
-    gdal_bytes = network_bytes_read()
-    return None if gdal_bytes is None else gdal_bytes + downloaded_bytes()
 
 
 @entry_point
@@ -381,9 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(None, args.verbosity)
     settings = settings_from_args(args)
     ensure_writable_dir(settings.data_dir, "run folder (--data-dir)")
-    setup_logging(args.log_file or settings.data_dir / "logs" / "preprocess.log", args.verbosity)
+    if not settings.dry_run:  # a dry run writes nothing but the search cache
+        setup_logging(args.log_file or settings.data_dir / "logs" / "preprocess.log", args.verbosity)
     with folder_lock(settings.data_dir, "preprocessing"):
         summary = run(settings)
+    if settings.dry_run:
+        return 0
     for line in summary.lines(settings.tiles_dir):
         log.info("%s", line)
     print(settings.tiles_dir)

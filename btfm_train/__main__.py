@@ -62,6 +62,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flags and inputs the training cannot use, before any work.
+
+    Raises:
+        BTFMError: naming the flag or file to fix.
+    """
+    if not args.table and not args.tiles_dir:
+        raise BTFMError("give training data: --table FILE.parquet and/or --tiles-dir DIR")
+    for path in [*args.table, *args.tiles_dir, *([args.class_mapping] if args.class_mapping else [])]:
+        if not path.exists():
+            raise BTFMError(f"{path} does not exist; check --table, --tiles-dir and --class-mapping")
+    if not 0 < args.eval_fraction < 1:
+        raise BTFMError(f"--eval-fraction must lie strictly between 0 and 1, got {args.eval_fraction}")
+    for flag in ("steps", "batch_size", "max_tile_pixels", "validate_every"):
+        if getattr(args, flag) < 1:
+            raise BTFMError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+
+
+def read_class_mapping(path: Path, key: str) -> dict[str, str]:
+    """The ``key`` legend of a WorldCereal ``class_mappings.json``.
+
+    Raises:
+        BTFMError: the file is not JSON, or has no such legend (the message lists the ones it has).
+    """
+    try:
+        legends = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BTFMError(f"--class-mapping {path} is not a readable JSON file ({exc})") from exc
+    if not isinstance(legends, dict) or key not in legends:
+        known = ", ".join(sorted(legends)) if isinstance(legends, dict) else "none"
+        raise BTFMError(f"--mapping-key {key} is not a legend of {path}; it has: {known}")
+    return dict(legends[key])
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """Pre-train, probe against baselines, and save a checkpoint with its model card."""
@@ -69,11 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_file or args.out.with_suffix(".log"), args.verbosity)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.table and not args.tiles_dir:
-        raise BTFMError("give training data: --table FILE.parquet and/or --tiles-dir DIR")
+    check_args(args)
     mapping = None
     if args.class_mapping:
-        mapping = json.loads(args.class_mapping.read_text())[args.mapping_key]
+        mapping = read_class_mapping(args.class_mapping, args.mapping_key)
     parts = [load_table(path, mapping) for path in args.table]
     parts += [load_tiles(d, args.max_tile_pixels, args.seed) for d in args.tiles_dir]
     data = concat(parts)

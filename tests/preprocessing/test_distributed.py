@@ -1,0 +1,161 @@
+"""Preprocessing with tiles as Dask tasks, and the --dry-run plan (issue 12, items 1 and 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from btfm_core.errors import BTFMError
+from btfm_preprocessing import pipeline
+from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES
+from btfm_preprocessing.stack import group_by_day, split_by_orbit
+from btfm_preprocessing.tile_tasks import check_workers_see, connect, run_on_dask
+from tests.conftest import DEMO_DIR
+from tests.test_end_to_end import crop_roi
+
+DATES = ["2020-11-01", "2021-10-31", "2020-11-01", "2021-10-31", "1"]
+# a local Dask cluster talks over loopback TCP (anything else stays blocked)
+pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
+
+CATALOG = ["--source", "local", "--catalog", str(DEMO_DIR / "catalog.json"), "--tile-size", "32"]
+
+
+def tiles_digest(run: Path) -> dict[str, str]:
+    """sha256 of every file of the tiles folder (the run metadata names the ROI's path: same folder, same bytes)."""
+    tiles = run / "retiled_d_pixel"
+    return {str(p.relative_to(tiles)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tiles.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A local run's tiles (digests), made in ``<tmp>/run``; the folder is emptied for the next run."""
+    run = tmp_path_factory.mktemp("distributed") / "run"
+    run.mkdir()
+    crop_roi(run / "roi.tiff", width=48, height=40)
+    assert pipeline.main([str(run / "roi.tiff"), *DATES, *CATALOG, "-q"]) == 0
+    digest = tiles_digest(run)
+    return run, digest
+
+
+def fresh(run: Path) -> Path:
+    for child in run.iterdir():
+        if child.name != "roi.tiff":
+            subprocess.run(["rm", "-rf", str(child)], check=True)
+    return run
+
+
+def test_tiles_on_a_local_cluster_are_byte_identical_to_a_local_run(local_run: tuple[Path, dict[str, str]],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    run, expected = local_run
+    assert pipeline.main([str(fresh(run) / "roi.tiff"), *DATES, *CATALOG, "--dask-local", "2"]) == 0
+    assert tiles_digest(run) == expected
+    assert "2 worker(s) see the run folder" in caplog.text
+    assert "tiles: 4 (4 written, 0 already done)" in caplog.text and "; worker tcp://" in caplog.text
+    caplog.clear()
+    assert pipeline.main([str(run / "roi.tiff"), *DATES, *CATALOG, "--dask-local", "1"]) == 0  # a rerun resumes
+    assert "tiles: 4 (0 written, 4 already done)" in caplog.text and tiles_digest(run) == expected
+
+
+def test_a_worker_killed_mid_tile_has_its_tile_redone(local_run: tuple[Path, dict[str, str]]) -> None:
+    run, expected = local_run
+    fresh(run)
+    proc = subprocess.Popen([sys.executable, "-m", "btfm_preprocessing.pipeline", str(run / "roi.tiff"), *DATES,
+                             *CATALOG, "--dask-local", "2", "--workers", "1", "-q"], cwd=run,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tiles = run / "retiled_d_pixel"
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and proc.poll() is None and time.monotonic() < deadline:
+        if tiles.is_dir():
+            writing = [p.name for p in tiles.iterdir() if p.name.startswith(".tmp-")]
+            victim = int(writing[0].split(".")[-2]) if writing else None  # .tmp-<tile>.<pid>.<hex>
+        time.sleep(0.002)
+    assert victim is not None, "no tile was seen in progress"
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert tiles_digest(run) == expected
+    assert not [p for p in tiles.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_a_failing_tile_is_retried_then_reported_while_the_others_are_written(
+        local_run: tuple[Path, dict[str, str]]) -> None:
+    run, _ = local_run
+    fresh(run)
+    settings = pipeline.settings_from_args(pipeline.build_parser().parse_args([str(run / "roi.tiff"), *DATES,
+                                                                                *CATALOG]))
+    s2 = S2_SOURCES[settings.source](settings.source_options)
+    s1 = S1_SOURCES[settings.s1_source](settings.source_options)
+    s2_scenes, s1_scenes = pipeline.search_scenes(settings, s2, s1)
+    settings.tiles_dir.mkdir()
+    jobs = pipeline.tile_jobs(settings, pipeline.plan_tiles(settings), group_by_day(s2_scenes),
+                              {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()}, {"run_key": "k"})
+    jobs[1] = dataclasses.replace(jobs[1], roi_path=run / "missing.tiff")  # fails on every try
+    client, cluster = connect(None, 2, threads=1)
+    written = []
+    try:
+        failures = run_on_dask(client, jobs, retries=1, on_result=lambda result: written.append(result.tile))
+    finally:
+        client.close()
+        cluster.close()
+    assert len(failures) == 1 and failures[0].startswith(f"{jobs[1].tile.name}: ") and "missing.tiff" in failures[0]
+    assert sorted(written) == sorted(job.tile.name for job in jobs if job is not jobs[1])
+    assert sorted(p.name for p in settings.tiles_dir.iterdir()) == sorted(written)
+
+
+class BlindClient:
+    """A cluster whose second worker does not see the run folder."""
+
+    def run(self, function: object, *args: str) -> dict[str, bool]:
+        assert callable(function)
+        return {"tcp://10.0.0.1:1": function(*args), "tcp://10.0.0.2:1": False}
+
+
+def test_workers_that_do_not_see_the_run_folder_are_named(tmp_path: Path) -> None:
+    roi = crop_roi(tmp_path / "roi.tiff")
+    with pytest.raises(BTFMError, match=r"1 of 2 Dask worker\(s\) \(tcp://10.0.0.2:1\) do not see the run folder"):
+        check_workers_see(BlindClient(), tmp_path, roi)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["roi.tiff"]  # the probe file is gone
+
+
+def test_an_unreachable_scheduler_stops_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    roi = crop_roi(tmp_path / "roi.tiff")
+    assert pipeline.main([str(roi), *DATES, *CATALOG, "--scheduler", "tcp://127.0.0.1:9", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "roi.tiff"]
+
+
+def test_dry_run_prints_the_plan_and_writes_only_the_search_cache(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    roi = crop_roi(tmp_path / "roi.tiff", width=48, height=40)
+    assert pipeline.main([str(roi), *DATES, *CATALOG, "--dry-run", "-q"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "dry run: 4 tile(s) to write on the 48 x 40 px ROI grid"
+    assert out[1].startswith("  tile 0_0_32_32: S2 10 day(s), 10 scene(s); S1 ascending 12 day(s)")
+    assert any(line.startswith("reads will fetch: ") and "from the COG block layout" in line for line in out)
+    assert any(line.startswith("tiles on disk: ") for line in out)
+    assert any(line.startswith("memory per worker: about ") for line in out)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written[0] == "cache/search-" + written[0].split("search-")[1] and written[1:] == ["roi.tiff"]
+    # the disk figure is what the run then writes (no day lacks data here)
+    planned = next(line for line in out if line.startswith("tiles on disk: ")).split()[3:5]
+    assert pipeline.main([str(roi), *DATES, *CATALOG, "-q"]) == 0
+    arrays = sum(p.stat().st_size for p in (tmp_path / "retiled_d_pixel").rglob("*.npy"))
+    assert abs(arrays - float(planned[0]) * {"kB": 1e3, "MB": 1e6}[planned[1]]) / arrays < 0.05
+
+
+def test_dry_run_with_overwrite_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    roi = crop_roi(tmp_path / "roi.tiff")
+    assert pipeline.main([str(roi), *DATES, *CATALOG, "--dry-run", "--overwrite", "-q"]) == 2
+    assert "--dry-run writes nothing, so --overwrite has no meaning" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["roi.tiff"]
