@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
-from tqdm import tqdm
 
 from btfm_core.fileio import atomic_path, temp_sibling
 from btfm_core.grid import Grid
+from btfm_core.progress import progress
 from btfm_core.roi import Roi
 from btfm_infer.export_common import (
     INT8_NODATA,
@@ -139,6 +138,9 @@ def _write_vrt(path: Path, main: Path, overviews: Sequence[Path], grid: Grid, dt
         metadata = ET.SubElement(root, "Metadata")
         for key, value in sorted(tags.items()):
             ET.SubElement(metadata, "MDI", key=key).text = value
+    # Int8 becomes 8-bit SampleFormat=2 (signed) on every IFD: GDAL >= 3.7 reads Int8, GDAL < 3.7
+    # Byte + PIXELTYPE=SIGNEDBYTE (derived from that tag; nothing else to store). QGIS < 3.30 has no
+    # signed byte type and shows 0..255 whatever the tags (scripts/check_qgis.sh): view float32 there.
     gdal_type = {"float32": "Float32", "int8": "Int8"}[dtype]
     for band, description in enumerate(descriptions, start=1):
         node = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(band))
@@ -169,7 +171,7 @@ def _write_level(npy_path: str | os.PathLike[str], roi: Roi, stage: Path, scale_
         blocks = iter_blocks(npy_path, roi, BLOCK_SIZE, BLOCK_SIZE, factor)
         total = block_count(roi.grid.height, roi.grid.width, BLOCK_SIZE, BLOCK_SIZE, factor)
         desc = "GeoTIFF" if factor == 1 else f"overview 1/{factor}"
-        for block in tqdm(blocks, total=total, desc=desc, unit="block", file=sys.stderr, disable=None):
+        for block in progress(blocks, total=total, desc=desc, unit="block"):
             h, w = block.shape
             target = Window(block.col0, block.row0, w, h)
             outside = ~block.inside
@@ -237,6 +239,7 @@ def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         if cosine is not None:
             all_tags["BTFM_INT8_COSINE_MEAN"] = f"{cosine.mean:.6f}"
             all_tags["BTFM_INT8_COSINE_MIN"] = f"{cosine.minimum:.6f}"
+            all_tags["BTFM_INT8_COSINE_PIXELS"] = str(cosine.count)
             all_tags["BTFM_EMBEDDING"] = f"value x scale, scale per pixel in {scales_path(out_path).name}"
         log.debug("building the COG layout of %s (overviews 1/%s)", out_path.name, factors)
         vrt = stack.enter_context(_staging(out_path, ".vrt"))

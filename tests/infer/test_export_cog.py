@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,11 @@ from btfm_infer.export_common import INT8_NODATA, CosineStats, quantise_int8
 from tests.infer.test_convert_npy2tiff import make_inputs
 
 H, W, C = 600, 520, 6
+#: TIFF tags and values the signed int8 layout needs (TIFF 6.0; GDAL_NODATA is GDAL's ASCII tag).
+BITS_PER_SAMPLE, SAMPLE_FORMAT, GDAL_NODATA = 258, 339, 42113
+SIGNED_INT, IEEE_FLOAT = 2, 3
+#: struct codes of the TIFF field types read here: BYTE, ASCII, SHORT, LONG, LONG8.
+TIFF_FIELD_TYPES = {1: "B", 2: "s", 3: "H", 4: "I", 16: "Q"}
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -29,6 +39,31 @@ def first_ifd_offset(path: Path) -> int:
     assert head[:2] == b"II"
     version = struct.unpack("<H", head[2:4])[0]
     return struct.unpack("<I", head[4:8])[0] if version == 42 else struct.unpack("<Q", head[8:16])[0]
+
+
+def tiff_ifds(path: Path) -> list[dict[int, tuple[int, ...] | bytes]]:
+    """Tags of every IFD (full resolution, then the overviews): tag -> values (ASCII: bytes)."""
+    data = path.read_bytes()
+    big = struct.unpack_from("<H", data, 2)[0] == 43
+    count_code, pointer, entry_size = ("<Q", "<Q", 20) if big else ("<H", "<I", 12)
+    inline = struct.calcsize(pointer)  # values up to this size sit in the entry itself
+    ifds, offset = [], first_ifd_offset(path)
+    while offset:
+        (entries,) = struct.unpack_from(count_code, data, offset)
+        start = offset + struct.calcsize(count_code)
+        tags: dict[int, tuple[int, ...] | bytes] = {}
+        for entry in range(start, start + entries * entry_size, entry_size):
+            tag, kind = struct.unpack_from("<HH", data, entry)
+            (count,) = struct.unpack_from(pointer, data, entry + 4)
+            if kind not in TIFF_FIELD_TYPES:
+                continue
+            code, where = TIFF_FIELD_TYPES[kind], entry + 4 + inline
+            if struct.calcsize(code) * count > inline:
+                (where,) = struct.unpack_from(pointer, data, where)
+            tags[tag] = data[where:where + count] if code == "s" else struct.unpack_from(f"<{count}{code}", data, where)
+        ifds.append(tags)
+        (offset,) = struct.unpack_from(pointer, data, start + entries * entry_size)
+    return ifds
 
 
 def block_offset(path: Path, overview_level: int | None = None) -> int:
@@ -111,6 +146,52 @@ def test_int8_cog_and_scales(tmp_path: Path) -> None:
     best = max(float(np.dot(restored_ov[i, j], c) / (np.linalg.norm(restored_ov[i, j]) * np.linalg.norm(c)))
                for c in candidates if np.isfinite(c).all() and c.any())
     assert best > 0.99
+
+
+def test_int8_signed_layout_for_old_and_new_gdal(tmp_path: Path) -> None:
+    """SampleFormat=2 on every IFD: GDAL >= 3.7 (rasterio) reads Int8, GDAL < 3.7 Byte + PIXELTYPE=SIGNEDBYTE."""
+    roi_path, npy, _, _ = make_inputs(tmp_path, height=300, width=280, dim=C)
+    result = write_embedding_cog(npy, roi_path, tmp_path / "emb.tif", dtype="int8")
+    ifds = tiff_ifds(result.path)
+    assert len(ifds) == 2  # full resolution and the 2x overview, both signed
+    for tags in ifds:
+        assert tags[BITS_PER_SAMPLE] == (8,) * C and tags[SAMPLE_FORMAT] == (SIGNED_INT,) * C
+        assert tags[GDAL_NODATA] == b"-128\0"
+    assert [(tags[BITS_PER_SAMPLE], tags[SAMPLE_FORMAT]) for tags in tiff_ifds(result.scales)] == [
+        ((32,), (IEEE_FLOAT,))] * 2
+    with rasterio.open(result.path) as src:
+        assert src.dtypes == ("int8",) * C and src.nodata == INT8_NODATA
+        assert src.read(1).min() == INT8_NODATA  # stored as signed, not as 128
+
+
+def gdalinfo_version() -> tuple[int, int]:
+    """(major, minor) of the ``gdalinfo`` on PATH (e.g. Debian 12's gdal-bin: 3.6)."""
+    text = subprocess.run(["gdalinfo", "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.match(r"GDAL (\d+)\.(\d+)", text)
+    assert match, text
+    return int(match[1]), int(match[2])
+
+
+@pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="no gdalinfo on PATH (apt-get install gdal-bin)")
+def test_int8_read_as_signed_by_gdalinfo(tmp_path: Path) -> None:
+    """The system's GDAL (older than rasterio's on Debian 12) reports signed bytes, nodata -128, signed min/max."""
+    roi_path, npy, _, _ = make_inputs(tmp_path, height=300, width=280, dim=C)
+    result = write_embedding_cog(npy, roi_path, tmp_path / "emb.tif", dtype="int8")
+    env = {**os.environ, "GDAL_PAM_ENABLED": "NO"}  # no .aux.xml beside the file
+    info = json.loads(subprocess.run(["gdalinfo", "-json", "-stats", str(result.path)], capture_output=True,
+                                     text=True, check=True, env=env).stdout)
+    with rasterio.open(result.path) as src:
+        q = src.read(1)
+    band = info["bands"][0]
+    if gdalinfo_version() < (3, 7):
+        assert band["type"] == "Byte" and band["metadata"]["IMAGE_STRUCTURE"]["PIXELTYPE"] == "SIGNEDBYTE"
+    else:
+        assert band["type"] == "Int8"
+    valid = q[q != INT8_NODATA]
+    assert band["noDataValue"] == INT8_NODATA
+    assert (band["minimum"], band["maximum"]) == (valid.min(), valid.max()) and valid.min() < 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "emb.tif", "emb_scales.tif", "roi.tiff", "stitched_representation.npy"]
 
 
 def test_same_input_same_bytes(tmp_path: Path) -> None:
