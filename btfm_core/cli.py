@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import logging
@@ -152,6 +153,10 @@ def entry_point(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequen
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # output piped into head and the like: the reader has what it wanted
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except Exception as exc:  # MemoryError, OSError, network and library errors: one line, never a traceback
             _report(describe_unexpected(exc), exc)
             return EXIT_USAGE if is_disk_full(exc) else EXIT_FAILURE

@@ -28,6 +28,7 @@ from btfm_core.roi import open_roi
 from btfm_core.tiles import list_tiles, read_tile, read_tile_metadata
 from btfm_eval.dataset import CLASSIFICATION, EvalData
 from btfm_eval.errors import GridMismatchError, LabelError
+from btfm_infer.export_common import dequantise
 from btfm_train.data import PixelSeries
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,10 @@ def read_embedding_map(path: Path, roi: Path | None = None) -> EmbeddingMap:
         if src.crs is None:
             raise InputDataError(f"embedding map {path} has no CRS; export it with convert_npy2tiff.py")
         data = np.moveaxis(src.read(out_dtype=np.float32), 0, -1)
-        if src.nodata is not None and np.isfinite(src.nodata):
-            data[(data == src.nodata).all(-1)] = np.nan
         if src.dtypes[0] == "int8":  # quantised export: embedding = value x per-pixel scale
-            data *= _int8_scales(path, grid)[..., None]
+            data = dequantise(data, _int8_scales(path, grid), src.nodata)
+        elif src.nodata is not None and np.isfinite(src.nodata):
+            data[(data == src.nodata).all(-1)] = np.nan
     valid = np.isfinite(data).all(-1) & (np.abs(np.nan_to_num(data)).sum(-1) > 0)
     data = np.nan_to_num(data)
     if not valid.any():

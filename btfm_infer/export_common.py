@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -101,6 +102,28 @@ def quantise_int8(vectors: np.ndarray, rule: str = "v1.0") -> tuple[np.ndarray, 
     return q, scale
 
 
+def dequantise(codes: Any, scales: Any, nodata: float | None = INT8_NODATA) -> Any:
+    """The embedding of int8 codes and their per-pixel scales: ``codes * scales[..., None]``, NaN at ``nodata``.
+
+    Works on numpy and dask arrays alike (a dask input stays lazy).
+
+    Args:
+        codes: (..., C) int8 codes (or the same values as floats).
+        scales: (...) float32 scale of each vector (NaN outside the ROI).
+        nodata: the code marking pixels without an embedding (-128), or None.
+
+    Returns:
+        (..., C) float32: NaN where the code is ``nodata`` or the scale is NaN.
+    """
+    values = codes.astype(np.float32, copy=False) * scales.astype(np.float32, copy=False)[..., None]
+    if nodata is None:
+        return values
+    if isinstance(values, np.ndarray):  # in place: a map in memory is not copied twice
+        values[codes == nodata] = np.nan
+        return values
+    return np.where(codes == nodata, np.float32(np.nan), values)
+
+
 @dataclass
 class CosineStats:
     """Running mean and minimum of the cosine between original and int8-restored vectors."""
@@ -129,6 +152,12 @@ class CosineStats:
     def as_dict(self) -> dict[str, float | int]:
         """``{"mean", "min", "pixels"}`` rounded for reports."""
         return {"mean": round(self.mean, 6), "min": round(self.minimum, 6), "pixels": self.count}
+
+    @classmethod
+    def from_dict(cls, summary: Mapping[str, Any]) -> CosineStats:
+        """The statistics back from :meth:`as_dict` (as recorded in an output's tags or attributes)."""
+        count = int(summary["pixels"])
+        return cls(count=count, total=float(summary["mean"]) * count, minimum=float(summary["min"]))
 
 
 @dataclass(frozen=True)
