@@ -31,7 +31,7 @@ from btfm_core.logs import OWNED_HANDLER
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOG_INTERVAL_S", "Progress", "progress"]
+__all__ = ["LOG_INTERVAL_S", "Progress", "bar_wanted", "progress"]
 
 #: Seconds between two progress lines when there is no terminal.
 LOG_INTERVAL_S = 30.0
@@ -51,6 +51,11 @@ def console_shows_info() -> bool:
     consoles = [h for h in logging.getLogger().handlers
                 if getattr(h, OWNED_HANDLER, False) and not isinstance(h, logging.FileHandler)]
     return not consoles or any(h.level <= logging.INFO for h in consoles)
+
+
+def bar_wanted(stream: IO[str]) -> bool:
+    """Whether to draw a bar on ``stream``: a terminal, and a console that shows INFO (not ``-q``)."""
+    return _is_terminal(stream) and console_shows_info()
 
 
 class Progress(Generic[T]):
@@ -80,7 +85,7 @@ class Progress(Generic[T]):
         self._closed = False
         stream = sys.stderr if stream is None else stream
         self.bar: tqdm | None = None
-        if _is_terminal(stream) and console_shows_info():
+        if bar_wanted(stream):
             self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, file=stream, dynamic_ncols=True,
                             unit_scale=unit == "B", mininterval=0.5)
 

@@ -22,6 +22,7 @@ from typing import IO
 from tqdm import tqdm
 
 from btfm_core.fileio import atomic_path
+from btfm_core.progress import bar_wanted
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +199,6 @@ def _short(pixels: int) -> str:
     return str(pixels) if pixels < 1000 else tqdm.format_sizeof(pixels)
 
 
-def _is_terminal(stream: IO[str]) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
 class PixelProgress:
     """Overall progress of a run: a tqdm bar on a terminal, else a log line every ``log_interval_s``.
 
@@ -230,7 +224,7 @@ class PixelProgress:
         self._closed = False
         stream = sys.stderr if stream is None else stream
         self.bar: tqdm | None = None
-        if _is_terminal(stream):
+        if bar_wanted(stream):  # a terminal, and not -q
             pixels = total_pixels is not None
             self.bar = tqdm(total=total_pixels if pixels else total_tiles, desc="embedding",
                             unit="px" if pixels else "tile", unit_scale=pixels, file=stream,
