@@ -2,17 +2,17 @@
 
 An export writes a set of files (GeoTIFF and its int8 scales, Zarr store, quick-look PNG, STAC
 item). Every one of them carries a digest of what decides its bytes (the stitched ``.npy``'s
-size and modification time, the ROI, the provenance and the output's own settings) inside
-itself: a GeoTIFF or PNG tag, a Zarr attribute, a STAC property. So a rerun of the same command
-can tell, for each output that exists, whether it is complete and current (kept), current for
-other inputs (refused without ``--overwrite``) or missing (written); a run killed between two
-outputs is finished by the next run without ``--overwrite``, and a run over a complete set does
-nothing.
+content, the ROI, the provenance and the output's own settings) inside itself: a GeoTIFF or PNG
+tag, a Zarr attribute, a STAC property. So a rerun of the same command can tell, for each output
+that exists, whether it is complete and current (kept), made from other inputs (refused without
+``--overwrite``) or missing (written); a run killed between two outputs is finished by the next
+run without ``--overwrite``, and a run over a complete set does nothing.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -53,16 +53,27 @@ class OutputState(enum.Enum):
 def export_inputs_digest(npy: Path, roi: Path, provenance: Mapping[str, Any], **settings: object) -> str:
     """Digest (sha256 hex) of what decides an output's bytes.
 
+    Content only (no file times), so the same inputs give byte-identical outputs on every run.
+
     Args:
-        npy: the stitched embedding; its size and modification time stand for its content.
-        roi: the ROI GeoTIFF (hashed: it is small).
+        npy: the stitched embedding (hashed in 1 MB chunks: one more read of it per export).
+        roi: the ROI GeoTIFF.
         provenance: the recorded provenance (checkpoint, sources, period).
         settings: the output's own settings (dtype, quick-look size and seed...).
     """
-    stat = npy.stat()
-    record = {"npy": [npy.name, stat.st_size, stat.st_mtime_ns], "roi": file_digest(roi),
-              "provenance": provenance, "settings": settings}
+    record = {"npy": npy_digest(npy), "roi": file_digest(roi), "provenance": provenance, "settings": settings}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_digest(path: Path, size: int, mtime_ns: int) -> str:
+    return file_digest(path)
+
+
+def npy_digest(npy: Path) -> str:
+    """sha256 of the stitched ``.npy``, computed once per process for a given size and modification time."""
+    stat = npy.stat()
+    return _cached_digest(npy, stat.st_size, stat.st_mtime_ns)
 
 
 def recorded_digest(path: Path) -> str | None:

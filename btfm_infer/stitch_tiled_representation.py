@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,8 @@ def _expected_dim(representation_dir: Path, paths: Sequence[Path]) -> int:
     from btfm_infer.tile_inference import read_inference_record
 
     record = read_inference_record(representation_dir) or {}
-    model = record.get("model") if isinstance(record.get("model"), dict) else {}
+    recorded = record.get("model")
+    model: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     if isinstance(model.get("embedding_dim"), int):
         return int(model["embedding_dim"])
     dims: list[int] = []
@@ -231,8 +233,8 @@ def record_path(out_path: Path) -> Path:
 
 
 def _inputs_digest(files: Sequence[TileFile], roi: Roi) -> str:
-    """Digest of what decides the mosaic's bytes: each tile file's name, size and mtime, and the ROI."""
-    listing = [[f.path.name, f.path.stat().st_size, f.path.stat().st_mtime_ns] for f in files]
+    """Digest of what decides the mosaic's bytes: each tile file's name and content, and the ROI (no file times)."""
+    listing = [[f.path.name, file_digest(f.path)] for f in files]
     record = {"tiles": listing, "roi": file_digest(roi.path)}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
@@ -335,7 +337,7 @@ def open_stitched(npy_path: str | os.PathLike[str], roi: Roi) -> np.ndarray:
         raise InputDataError(f"embedding file {path} does not exist; make it with "
                              "stitch_tiled_representation.py or check --npy")
     try:
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
+        data: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputDataError(f"{path}: not a readable .npy array ({exc}); the file is corrupt or "
                              "truncated, re-run stitch_tiled_representation.py --overwrite") from exc
@@ -359,7 +361,7 @@ def read_npy_window(npy_path: str | os.PathLike[str], index: object) -> np.ndarr
     """
     data = np.load(npy_path, mmap_mode="r", allow_pickle=False)
     try:
-        return np.array(data[index])  # type: ignore[index]
+        return np.array(data[index])
     finally:
         del data
 
