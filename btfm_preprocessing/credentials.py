@@ -1,6 +1,8 @@
-"""Credentials for the services that need an account, read from the environment or ``~/.netrc``.
+"""Credentials for the services that need an account: from the environment or ``~/.netrc``.
 
-Secrets never appear in logs, messages, metadata or reprs: they travel as :class:`Secret`, and
+The environment is read once, at the command-line edge
+(:class:`btfm_preprocessing.sources.SourceEnvironment`); the functions here take the values it
+captured. Secrets never appear in logs, messages, metadata or reprs: they travel as :class:`Secret`, and
 errors name the variable or ``~/.netrc`` entry to set, never a value. Every secret is also
 registered with :func:`btfm_core.redact.register_secret`, so it is masked wherever it turns up
 later, e.g. echoed back in a server's error answer that ends up in a message or a log.
@@ -9,7 +11,6 @@ later, e.g. echoed back in a server's error answer that ends up in a message or 
 from __future__ import annotations
 
 import netrc
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,10 @@ class Secret:
     def __init__(self, value: str) -> None:
         self._value = value
         register_secret(value)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        # unpickled through __init__, so a Dask worker that receives one registers it for redaction too
+        return (Secret, (self._value,))
 
     def reveal(self) -> str:
         """The secret value, for passing to a client library."""
@@ -72,26 +77,25 @@ class UserPassword:
         register_login(self.username, self.password.reveal())
 
 
-def env_secret(name: str, purpose: str) -> Secret:
-    """The environment variable ``name`` as a :class:`Secret`.
+def required_secret(value: Secret | None, name: str, purpose: str) -> Secret:
+    """``value``, the environment variable ``name`` as captured at the command-line edge, which must be set.
 
     Raises:
         CredentialsError: if it is unset or empty; the message names the variable and ``purpose``.
     """
-    value = os.environ.get(name, "").strip()
     if not value:
         raise CredentialsError(f"{purpose} needs the environment variable {name}; set it (export {name}=...) "
                                "and run again")
-    return Secret(value)
+    return value
 
 
 def netrc_login(host: str, netrc_path: Path | None = None) -> UserPassword | None:
-    """The ``machine host`` entry of ``~/.netrc`` (or ``$NETRC``), or None if there is none.
+    """The ``machine host`` entry of ``netrc_path`` (default ``~/.netrc``), or None if there is none.
 
     Raises:
         CredentialsError: if the file exists but cannot be parsed.
     """
-    path = netrc_path or Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    path = netrc_path or Path.home() / ".netrc"
     if not path.is_file():
         return None
     try:
@@ -104,16 +108,19 @@ def netrc_login(host: str, netrc_path: Path | None = None) -> UserPassword | Non
     return UserPassword(entry[0], Secret(entry[2]), f"{path} (machine {host})")
 
 
-def earthdata_login(netrc_path: Path | None = None) -> UserPassword:
-    """NASA Earthdata login: ``EARTHDATA_USERNAME``/``EARTHDATA_PASSWORD``, else ``~/.netrc``.
+def earthdata_login(username: str | None, password: Secret | None, netrc_path: Path | None = None) -> UserPassword:
+    """NASA Earthdata login: ``EARTHDATA_USERNAME``/``EARTHDATA_PASSWORD``, else the netrc file.
+
+    Args:
+        username, password: ``$EARTHDATA_USERNAME`` and ``$EARTHDATA_PASSWORD`` (None: unset).
+        netrc_path: ``$NETRC`` (None: ``~/.netrc``).
 
     Raises:
         CredentialsError: naming both ways to provide it when neither is set.
     """
-    user = os.environ.get("EARTHDATA_USERNAME", "").strip()
-    password = os.environ.get("EARTHDATA_PASSWORD", "").strip()
+    user = (username or "").strip()
     if user and password:
-        return UserPassword(user, Secret(password), "EARTHDATA_USERNAME/EARTHDATA_PASSWORD")
+        return UserPassword(user, password, "EARTHDATA_USERNAME/EARTHDATA_PASSWORD")
     if user or password:
         missing = "EARTHDATA_PASSWORD" if user else "EARTHDATA_USERNAME"
         raise CredentialsError(f"NASA Earthdata login is incomplete: {missing} is not set (set both "

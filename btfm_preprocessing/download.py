@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from btfm_preprocessing.network import (
     network_reason,
     safe_url,
 )
+from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +47,6 @@ CHUNK_BYTES = 1 << 16
 DOWNLOAD_ATTEMPTS = 5
 #: First retry wait in seconds, doubled after every failed try.
 DOWNLOAD_BACKOFF_S = 1.0
-_received = {"bytes": 0}
-_received_lock = threading.Lock()
-
-
-def downloaded_bytes() -> int:
-    """Bytes received by :func:`download` in this process so far (for the run summary)."""
-    return _received["bytes"]
-
-
-def count_received(n: int) -> None:
-    """Add ``n`` bytes received over the network to :func:`downloaded_bytes` (for other clients too)."""
-    with _received_lock:
-        _received["bytes"] += n
 
 
 @dataclass(frozen=True)
@@ -68,7 +55,6 @@ class Expected:
 
     size: int | None = None
     md5: str | None = None
-
 
 
 def check_complete(path: Path, expected: Expected) -> None:
@@ -123,8 +109,9 @@ def _nothing_left(response: requests.Response, url: str) -> bool:
     return False
 
 
-def _write_part(response: requests.Response, part: Path, have: int, name: str, expected: Expected) -> None:
-    """Append the answer's body to ``part`` (``have`` bytes already there; a 200 starts over).
+def _write_part(response: requests.Response, part: Path, have: int, name: str, expected: Expected,
+                traffic: NetworkCounter | None) -> None:
+    """Append the answer's body to ``part`` (``have`` bytes already there; a 200 starts over), counted in ``traffic``.
 
     Raises:
         _Retryable: the body ended before ``expected.size`` bytes.
@@ -136,14 +123,15 @@ def _write_part(response: requests.Response, part: Path, have: int, name: str, e
         for chunk in response.iter_content(CHUNK_BYTES):
             handle.write(chunk)
             bar.update(len(chunk))
-            count_received(len(chunk))
+            if traffic is not None:
+                traffic.add(len(chunk))
     if expected.size is not None and part.stat().st_size < expected.size:
         raise _Retryable(f"connection ended after {part.stat().st_size} of {expected.size} bytes")
 
 
 def download(url: str, dest: Path, session: requests.Session, expected: Expected = Expected(), *,
              attempts: int = DOWNLOAD_ATTEMPTS, backoff: float = DOWNLOAD_BACKOFF_S, timeout: float = 60.0,
-             sleep: Callable[[float], None] = time.sleep) -> Path:
+             sleep: Callable[[float], None] = time.sleep, traffic: NetworkCounter | None = None) -> Path:
     """Download ``url`` to ``dest`` unless a complete ``dest`` exists; return ``dest``.
 
     Args:
@@ -155,6 +143,7 @@ def download(url: str, dest: Path, session: requests.Session, expected: Expected
         backoff: first retry delay in seconds, doubled each time (``Retry-After`` wins, up to 30 s).
         timeout: seconds without data before a try counts as failed (connecting has 10 s).
         sleep: how to wait between tries (tests pass a no-op).
+        traffic: counts the bytes received (None: not counted).
 
     Raises:
         CredentialsError: the service answered 401/403 (login missing or rejected).
@@ -176,7 +165,7 @@ def download(url: str, dest: Path, session: requests.Session, expected: Expected
             response = session.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, timeout))
             if _nothing_left(response, url):
                 break
-            _write_part(response, part, have, dest.name, expected)
+            _write_part(response, part, have, dest.name, expected, traffic)
             break
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 _Retryable) as exc:

@@ -27,8 +27,7 @@ from btfm_core.fileio import human_bytes
 from btfm_core.grid import Grid
 from btfm_core.tiles import ORBIT_DIRECTIONS, TileId, tile_bytes
 from btfm_preprocessing.reader import gdal_env
-from btfm_preprocessing.stac import Scene
-from btfm_preprocessing.stack import AcquisitionDay
+from btfm_preprocessing.sources import AcquisitionDay, Scene
 
 log = logging.getLogger(__name__)
 

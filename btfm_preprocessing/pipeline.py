@@ -44,20 +44,30 @@ from btfm_preprocessing.checks import check_flags, unobserved_line, warn_unobser
 from btfm_preprocessing.dry_run import plan_report
 from btfm_preprocessing.period import Period, parse_period
 from btfm_preprocessing.reader import gdal_env
-from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, S1Source, S2Source, SourceOptions, default_s1_source
-from btfm_preprocessing.stac import Scene, local_path
-from btfm_preprocessing.stack import AcquisitionDay, group_by_day, split_by_orbit
+from btfm_preprocessing.sources import (
+    S1_SOURCES,
+    S2_SOURCES,
+    AcquisitionDay,
+    S1Source,
+    S2Source,
+    Scene,
+    SourceEnvironment,
+    SourceOptions,
+    default_s1_source,
+)
+from btfm_preprocessing.sources.stac_api import local_path
+from btfm_preprocessing.stack import group_by_day, split_by_orbit
 from btfm_preprocessing.tile_tasks import (
     TileJob,
     TileResult,
     check_workers_see,
     connect,
     done_stats,
-    network_bytes,
     peak_rss_mb,
     run_on_dask,
     write_tile,
 )
+from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +79,11 @@ DEFAULT_CATALOG = REPO_ROOT / "data" / "demo_belgium" / "catalog.json"
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Validated settings of one preprocessing run."""
+    """Validated settings of one preprocessing run.
+
+    ``environment`` holds the environment variables the sources read (endpoints, credentials, HyP3
+    polling), captured once by :func:`settings_from_args`.
+    """
 
     roi: Roi
     s2_period: Period
@@ -89,6 +103,7 @@ class PreprocessSettings:
     dask_local: int = 0
     retries: int = 2
     dry_run: bool = False
+    environment: SourceEnvironment = dataclasses.field(default_factory=SourceEnvironment)
 
     @property
     def tiles_dir(self) -> Path:
@@ -97,10 +112,10 @@ class PreprocessSettings:
 
     @property
     def source_options(self) -> SourceOptions:
-        """What the sources are told (roots, collection, cache folder, parallel requests, cloud limit)."""
+        """What the sources are told (roots, collection, cache folder, parallel requests, cloud limit, environment)."""
         return SourceOptions(catalog=self.catalog, s1_catalog=self.s1_catalog, s2_collection=self.s2_collection,
                              work_dir=self.data_dir / CACHE_DIRNAME / self.s1_source, workers=self.workers,
-                             max_cloud=self.max_cloud)
+                             max_cloud=self.max_cloud, environment=self.environment)
 
     @property
     def run_key(self) -> str:
@@ -180,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
-    """Validate the parsed arguments (ROI, dates, flags) before any work starts."""
+    """Validate the parsed arguments (ROI, dates, flags) before any work starts.
+
+    This is where the environment is read (:meth:`SourceEnvironment.capture`), once: the sources,
+    here and on Dask workers, get it through :class:`SourceOptions`.
+    """
     if args.downsample != 1:
         raise BTFMError(f"DOWNSAMPLE={args.downsample} is not supported; pass 1 (tiles are always "
                         "on the ROI's 10 m grid)")
@@ -211,7 +230,7 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
                               workers=args.workers, max_cloud=args.max_cloud,
                               keep_intermediate=args.keep_intermediate or args.dry_run, overwrite=args.overwrite,
                               scheduler=args.scheduler, dask_local=args.dask_local, retries=args.retries,
-                              dry_run=args.dry_run)
+                              dry_run=args.dry_run, environment=SourceEnvironment.capture(os.environ))
 
 
 def _scene_to_json(scene: Scene) -> dict[str, object]:
@@ -347,8 +366,11 @@ def tile_jobs(settings: PreprocessSettings, pending: Sequence[TileId], s2_days: 
                     settings.workers) for tile in pending]
 
 
-def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: RunSummary, client: object) -> None:
+def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: RunSummary, client: object,
+                sources: tuple[S2Source, S1Source], traffic: NetworkCounter) -> None:
     """Write the jobs' tiles here (one after the other, reads in parallel) or on the Dask ``client``.
+
+    Here, the run's ``sources`` read and add to its ``traffic``; workers make their own.
 
     Raises:
         BTFMError: tiles failed on the cluster after their retries (the others are written).
@@ -367,7 +389,7 @@ def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: 
     with ThreadPoolExecutor(settings.workers) as pool, \
             ThreadPoolExecutor(settings.workers, thread_name_prefix="day") as day_pool:
         for job in progress(jobs, desc="tiles", unit="tile"):
-            record(write_tile(job, pool, day_pool))
+            record(write_tile(job, pool, day_pool, sources=sources, traffic=traffic))
 
 
 def finish_run(settings: PreprocessSettings, provenance: dict[str, object], s2_scenes: Sequence[Scene],
@@ -396,7 +418,7 @@ def run(settings: PreprocessSettings) -> RunSummary:
     (``--dry-run``: print the plan and stop) → prepare S1 → write the tiles → finish the run.
     """
     started = time.perf_counter()
-    network_start = network_bytes()
+    traffic = NetworkCounter()
     client = cluster = None
     if settings.scheduler or settings.dask_local:  # before any work: the cluster must answer and see the folder
         client, cluster = connect(settings.scheduler, settings.dask_local, threads=1)
@@ -407,27 +429,27 @@ def run(settings: PreprocessSettings) -> RunSummary:
         if not settings.dry_run:
             ensure_writable_dir(settings.tiles_dir, "tiles folder (--data-dir)")
             remove_stale_temporaries(settings.tiles_dir)
-        summary = _run_steps(settings, client)
+        summary = _run_steps(settings, client, traffic)
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
     summary.seconds = time.perf_counter() - started
-    network_end = network_bytes()
-    if network_start is not None and network_end is not None:
-        summary.network_bytes = (summary.network_bytes or 0) + network_end - network_start
+    received = traffic.total()
+    if received is not None:
+        summary.network_bytes = (summary.network_bytes or 0) + received
     return summary
 
 
-def _run_steps(settings: PreprocessSettings, client: object) -> RunSummary:
+def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCounter) -> RunSummary:
     tiles = plan_tiles(settings)
     summary = RunSummary(tiles_total=len(tiles), s2_source=settings.source, s1_source=settings.s1_source)
     log.info("ROI %s: %dx%d px, %d px inside, %d tile(s) of %d px", settings.roi.path, settings.roi.grid.width,
              settings.roi.grid.height, settings.roi.inside_pixels, len(tiles), settings.tile_size)
     pending = pending_tiles(settings, tiles, summary)
-    s2_source = S2_SOURCES[settings.source](settings.source_options)
-    s1_source = S1_SOURCES[settings.s1_source](settings.source_options)
+    s2_source = S2_SOURCES[settings.source](settings.source_options, traffic)
+    s1_source = S1_SOURCES[settings.s1_source](settings.source_options, traffic)
     with gdal_env():
         s2_scenes, s1_scenes = search_scenes(settings, s2_source, s1_source)
     summary.s2_scenes, summary.s1_scenes = len(s2_scenes), len(s1_scenes)
@@ -455,7 +477,7 @@ def _run_steps(settings: PreprocessSettings, client: object) -> RunSummary:
     provenance = redact_values({**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
                                 "s1_backscatter": s1_source.backscatter})
     write_tiles(settings, tile_jobs(settings, pending, s2_days, s1_days, {"run_key": settings.run_key, **provenance}),
-                summary, client)
+                summary, client, (s2_source, s1_source), traffic)
     warn_unobserved(summary.valid_counts)
     if finished:
         log.info("all tiles were already done; %s kept as it is", settings.tiles_dir / RUN_METADATA_FILE)

@@ -2,19 +2,15 @@
 
 This is the only module of the preprocessing half that opens rasters. Remote COGs are read
 through GDAL's range requests (``/vsicurl/``): a warped VRT onto the tile grid fetches only
-the blocks that overlap the tile, never the whole scene.
+the blocks that overlap the tile, never the whole scene. Reads run inside :func:`gdal_env`,
+which scopes the GDAL settings (nothing is set process-wide).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -39,73 +35,15 @@ GDAL_COG_OPTIONS: dict[str, object] = {
     # Neighbouring tiles share COG blocks (Earth Search's are 1024 px): keep recently fetched
     # ranges in a bounded in-memory cache so a block is not downloaded once per tile.
     "CPL_VSIL_CURL_CACHE_SIZE": str(256 * 1024 * 1024),
+    # Bytes fetched, for btfm_preprocessing.traffic.NetworkCounter. GDAL decides once per process,
+    # at its first network access, whether to collect them: that access is inside this scope.
+    "CPL_VSIL_NETWORK_STATS_ENABLED": "YES",
 }
-
-
-@functools.cache
-def _gdal_library() -> ctypes.CDLL | None:
-    """The GDAL shared library rasterio uses (already loaded in this process), or None.
-
-    Must be called after ``rasterio`` is imported (this module imports it).
-    """
-    candidates = []
-    maps = Path("/proc/self/maps")
-    if maps.is_file():
-        loaded = {line.split()[-1] for line in maps.read_text().splitlines()
-                  if "libgdal" in line.rsplit("/", 1)[-1]}
-        # wheels bundle their own GDAL (pyogrio, fiona): the one rasterio loaded comes first
-        candidates = sorted(loaded, key=lambda path: (0 if "rasterio" in path else
-                                                      2 if "pyogrio" in path or "fiona" in path else 1, path))
-    found = ctypes.util.find_library("gdal")
-    for name in [*candidates, *([found] if found else [])]:
-        try:
-            lib = ctypes.CDLL(name)
-            lib.VSINetworkStatsGetAsSerializedJSON.restype = ctypes.c_void_p
-            lib.VSINetworkStatsGetAsSerializedJSON.argtypes = [ctypes.c_void_p]
-            lib.VSIFree.argtypes = [ctypes.c_void_p]
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
-
-
-def _enable_network_stats() -> None:
-    """Turn GDAL's network statistics on for the whole process.
-
-    GDAL decides once per process, at its first network-capable file access, whether to collect
-    them; setting the option here (at import, before any read) makes that decision "yes" even when
-    another library touched GDAL first. Scoped :func:`gdal_env` settings would come too late.
-    """
-    lib = _gdal_library()
-    if lib is not None:
-        lib.CPLSetConfigOption(b"CPL_VSIL_NETWORK_STATS_ENABLED", b"YES")
-
-
-def network_bytes_read() -> int | None:
-    """Bytes GDAL has fetched over HTTP in this process (range reads of COGs), or None if unknown.
-
-    Reads GDAL's network statistics (``VSINetworkStatsGetAsSerializedJSON``, GDAL >= 3.2),
-    which are collected while :data:`GDAL_COG_OPTIONS` is in effect.
-    """
-    lib = _gdal_library()
-    if lib is None:
-        return None
-    pointer = lib.VSINetworkStatsGetAsSerializedJSON(None)
-    if not pointer:
-        return 0
-    try:
-        stats = json.loads(ctypes.string_at(pointer).decode())
-    finally:
-        lib.VSIFree(pointer)
-    return int(sum(method.get("downloaded_bytes", 0) for method in stats.get("methods", {}).values()))
-
-
-_enable_network_stats()
 
 
 @contextmanager
 def gdal_env() -> Iterator[None]:
-    """Scoped GDAL configuration for COG reads."""
+    """Scoped GDAL configuration for COG reads (:data:`GDAL_COG_OPTIONS`)."""
     with rasterio.Env(**GDAL_COG_OPTIONS):
         yield
 

@@ -1,7 +1,8 @@
-"""Stack scenes into one tile: per acquisition day, read, mask, harmonise, mosaic, encode.
+"""Assemble one tile from day mosaics: group scenes by day, read the days, write the tile's arrays.
 
-Memory is bounded by one tile: each day's arrays are (H, W, bands) and go straight into the
-tile's memory-mapped ``bands.npy`` / ``sar_*.npy``.
+The day mosaics come from the readers :func:`build_tile` is given (a source's ``read_s2_day`` /
+``read_s1_day``); this module reads no pixels itself. Memory is bounded by one tile: each day's
+arrays are (H, W, bands) and go straight into the tile's memory-mapped ``bands.npy`` / ``sar_*.npy``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from rasterio.enums import Resampling
 
 from btfm_core.grid import Grid
 from btfm_core.tiles import (
@@ -23,38 +23,15 @@ from btfm_core.tiles import (
     DOYS_FILE,
     MASKS_FILE,
     ORBIT_DIRECTIONS,
-    S1_BANDS,
-    S2_BANDS,
     TileWriter,
     sar_doy_file,
     sar_file,
 )
-from btfm_preprocessing.encoding import (
-    day_of_year,
-    encode_s1_db,
-    harmonise_reflectance,
-    has_boa_offset,
-    scl_valid_mask,
-)
-from btfm_preprocessing.reader import read_on_grid
-from btfm_preprocessing.stac import Scene
+from btfm_preprocessing.sources import AcquisitionDay, Scene
 
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-@dataclass(frozen=True)
-class AcquisitionDay:
-    """All scenes of one sensor (and orbit direction) acquired on one day."""
-
-    day: dt.date
-    scenes: tuple[Scene, ...]
-
-    @property
-    def doy(self) -> int:
-        """Day of year, 1-366."""
-        return day_of_year(self.day)
 
 
 def group_by_day(scenes: Iterable[Scene]) -> list[AcquisitionDay]:
@@ -77,62 +54,6 @@ def split_by_orbit(scenes: Iterable[Scene]) -> dict[str, list[Scene]]:
         else:
             log.warning("S1 scene %s has no orbit direction (sat:orbit_state); skipped", scene.id)
     return out
-
-
-def unsigned(href: str) -> str:
-    """The default URL signer: hrefs are read as they are."""
-    return href
-
-
-def read_s2_day(day: AcquisitionDay, grid: Grid, pool: Executor,
-                sign: Callable[[str], str] = unsigned) -> tuple[np.ndarray, np.ndarray] | None:
-    """Mosaic one day's S2 granules onto ``grid``, valid pixels first.
-
-    ``sign`` turns an asset href into a readable URL (e.g. a Planetary Computer SAS signature),
-    at read time so that signatures never go stale in a resumed run.
-
-    Returns:
-        ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no granule covers the grid.
-    """
-    out = np.zeros((grid.height, grid.width, len(S2_BANDS)), np.uint16)
-    out_valid = np.zeros(grid.shape, bool)
-    out_covered = np.zeros(grid.shape, bool)
-    for scene in day.scenes:
-        scl = read_on_grid(sign(scene.assets["SCL"]), grid, Resampling.nearest, "uint8", 0)
-        covered = scl != 0
-        if not covered.any():
-            continue
-        reads = pool.map(
-            lambda band, s=scene: read_on_grid(sign(s.assets[band]), grid, Resampling.bilinear, "uint16", 0),
-            S2_BANDS)
-        bands = np.stack(list(reads), axis=-1)
-        offset = has_boa_offset(scene.day, scene.processing_baseline, scene.boa_offset_removed)
-        bands = harmonise_reflectance(bands, offset)
-        valid = scl_valid_mask(scl).astype(bool) & bands.any(axis=-1)
-        take = (valid & ~out_valid) | (covered & ~out_covered)
-        out[take] = bands[take]
-        out_valid |= valid
-        out_covered |= covered
-    if not out_covered.any():
-        return None
-    return out, out_valid.astype(np.uint8)
-
-
-def read_s1_day(day: AcquisitionDay, grid: Grid, pool: Executor,
-                sign: Callable[[str], str] = unsigned) -> np.ndarray | None:
-    """Mosaic one day's S1 scenes onto ``grid`` in the int16 dB encoding.
-
-    Returns:
-        (H, W, 2) int16 (VV, VH; 0 = no data), or None if no scene covers the grid.
-    """
-    out = np.zeros((grid.height, grid.width, len(S1_BANDS)), np.int16)
-    for scene in day.scenes:
-        reads = pool.map(lambda band, s=scene: read_on_grid(sign(s.assets[band]), grid, Resampling.bilinear,
-                                                            "float32", np.nan), S1_BANDS)
-        codes = encode_s1_db(np.stack(list(reads), axis=-1))
-        take = codes.any(axis=-1) & ~out.any(axis=-1)
-        out[take] = codes[take]
-    return out if out.any() else None
 
 
 @dataclass(frozen=True)
@@ -165,20 +86,22 @@ def ordered_map(executor: Executor | None, fn: Callable[[Item], Result], items: 
         yield pending.popleft().result()
 
 
+#: ``(day, grid, pool) -> (bands (H, W, 10) uint16, mask (H, W) uint8) | None``: an S2 source's ``read_s2_day``.
 S2DayReader = Callable[[AcquisitionDay, Grid, Executor], "tuple[np.ndarray, np.ndarray] | None"]
+#: ``(day, grid, pool) -> (H, W, 2) int16 | None``: an S1 source's ``read_s1_day``.
 S1DayReader = Callable[[AcquisitionDay, Grid, Executor], "np.ndarray | None"]
 
 
 def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay],
                s1_days: dict[str, list[AcquisitionDay]], pool: Executor,
-               read_s2: S2DayReader = read_s2_day, read_s1: S1DayReader = read_s1_day,
+               read_s2: S2DayReader, read_s1: S1DayReader,
                day_pool: Executor | None = None, days_ahead: int = 4) -> TileStats:
     """Fill an open :class:`TileWriter` with every day that has data over the tile.
 
     ``read_s2`` / ``read_s1`` give one day's mosaic on the tile grid (a source's
-    ``read_s2_day`` / ``read_s1_day``; by default plain COG reads). With ``day_pool`` (not the
-    ``pool`` the readers use, or they could wait on themselves) up to ``days_ahead`` days are
-    read at once, and written in date order as they finish.
+    ``read_s2_day`` / ``read_s1_day``). With ``day_pool`` (not the ``pool`` the readers use, or
+    they could wait on themselves) up to ``days_ahead`` days are read at once, and written in
+    date order as they finish.
     """
     bands = writer.allocate_bands(len(s2_days))
     masks = writer.allocate_masks(len(s2_days))

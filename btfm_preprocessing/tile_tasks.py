@@ -33,10 +33,10 @@ from btfm_core.grid import Grid
 from btfm_core.progress import progress
 from btfm_core.roi import open_roi
 from btfm_core.tiles import ORBIT_DIRECTIONS, TileId, TileWriter, read_tile, read_tile_metadata
-from btfm_preprocessing.download import downloaded_bytes
-from btfm_preprocessing.reader import gdal_env, network_bytes_read
-from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, S1Source, S2Source, SourceOptions
-from btfm_preprocessing.stack import AcquisitionDay, TileStats, build_tile
+from btfm_preprocessing.reader import gdal_env
+from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, AcquisitionDay, S1Source, S2Source, SourceOptions
+from btfm_preprocessing.stack import TileStats, build_tile
+from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class TileJob:
         roi_path: the ROI GeoTIFF (read for the tile's mask).
         roi_grid: the ROI's grid.
         source, s1_source: ``--source`` / ``--s1-source`` names.
-        options: the sources' options.
+        options: the sources' options, with the environment captured on the client (credentials included,
+            as :class:`~btfm_preprocessing.credentials.Secret`): workers need none of it set themselves.
         s2_days: Sentinel-2 acquisition days, in tile order.
         s1_days: Sentinel-1 days per orbit direction.
         metadata: recorded in the tile's ``tile.json`` (run key, provenance).
@@ -112,16 +113,15 @@ def peak_rss_mb() -> float:
     return peak / (1 << 20 if sys.platform == "darwin" else 1 << 10)
 
 
-def network_bytes() -> int | None:
-    """Bytes received so far by GDAL range reads and whole-file downloads (None: unknown)."""
-    gdal_bytes = network_bytes_read()
-    return None if gdal_bytes is None else gdal_bytes + downloaded_bytes()
-
-
 @functools.lru_cache(maxsize=4)
-def _sources(source: str, s1_source: str, options: SourceOptions) -> tuple[S2Source, S1Source]:
-    """The run's sources, made once per process."""
-    return S2_SOURCES[source](options), S1_SOURCES[s1_source](options)
+def _worker_sources(source: str, s1_source: str, options: SourceOptions) -> tuple[S2Source, S1Source, NetworkCounter]:
+    """A cluster worker's sources for one run, and the counter they add to: made once per worker process.
+
+    The worker gets only the job (names and options), so it builds its own sources, and counts
+    what they receive from the first task of the run it serves on.
+    """
+    traffic = NetworkCounter()
+    return S2_SOURCES[source](options, traffic), S1_SOURCES[s1_source](options, traffic), traffic
 
 
 def done_stats(folder: Path, run_key: str) -> TileStats | None:
@@ -137,25 +137,33 @@ def done_stats(folder: Path, run_key: str) -> TileStats | None:
 
 
 def write_tile(job: TileJob, pool: Executor | None = None, day_pool: Executor | None = None,
-               *, worker: str = "local") -> TileResult:
+               *, worker: str = "local", sources: tuple[S2Source, S1Source] | None = None,
+               traffic: NetworkCounter | None = None) -> TileResult:
     """Read, mask and stack one tile into its folder (atomically); skip it if it is done.
 
     Args:
         pool, day_pool: thread pools for asset reads and for days read at once (created for this
             tile when None, as on a cluster worker).
+        worker: who writes it (recorded in the result).
+        sources, traffic: the run's S2 and S1 sources and the counter they add to (None: a
+            cluster worker's own, :func:`_worker_sources`); the result's ``network_bytes`` is what
+            the counter gained while the tile was written.
     """
     done = done_stats(job.tiles_dir / job.tile.name, job.run_key)
     if done is not None:
         return TileResult(done, 0, peak_rss_mb(), worker, skipped=True, tile=job.tile.name)
-    start_bytes = network_bytes()
-    s2_source, s1_source = _sources(job.source, job.s1_source, job.options)
+    if sources is None or traffic is None:
+        s2_source, s1_source, traffic = _worker_sources(job.source, job.s1_source, job.options)
+    else:
+        s2_source, s1_source = sources
+    start_bytes = traffic.total()
     grid = job.tile.grid(job.roi_grid)
     mask = open_roi(job.roi_path).read_mask(grid)
     with _pools(job.workers, pool, day_pool) as (asset_pool, days_pool), gdal_env(), \
             TileWriter(job.tiles_dir, job.tile, grid, mask, job.metadata) as writer:
         stats = build_tile(writer, grid, list(job.s2_days), job.s1_days, asset_pool, s2_source.read_s2_day,
                            s1_source.read_s1_day, day_pool=days_pool, days_ahead=job.workers)
-    end_bytes = network_bytes()
+    end_bytes = traffic.total()
     used = None if start_bytes is None or end_bytes is None else end_bytes - start_bytes
     return TileResult(stats, used, peak_rss_mb(), worker, tile=job.tile.name)
 

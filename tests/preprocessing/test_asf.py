@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +33,9 @@ from affine import Affine
 from btfm_core.errors import CredentialsError, DownloadError
 from btfm_core.grid import Grid
 from btfm_core.loopback import LoopbackServer, Reply
-from btfm_preprocessing import asf
 from btfm_preprocessing.download import PART_SUFFIX
 from btfm_preprocessing.period import Period
-from btfm_preprocessing.sources import S1_SOURCES, SourceOptions
+from btfm_preprocessing.sources import S1_SOURCES, SourceEnvironment, SourceOptions, asf
 from tests.conftest import write_raster
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
@@ -157,7 +157,8 @@ def source_for(srv: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPa
                **fields: Any) -> asf.AsfSource:
     """``--s1-source asf`` with search (``--s1-catalog``) and login (``$BTFM_EARTHDATA_URL``) on the loopback."""
     monkeypatch.setenv(asf.EARTHDATA_URL_ENV, srv.url)
-    source = S1_SOURCES["asf"](SourceOptions(s1_catalog=srv.url, work_dir=tmp_path / "work", workers=2))
+    source = S1_SOURCES["asf"](SourceOptions(s1_catalog=srv.url, work_dir=tmp_path / "work", workers=2,
+                                             environment=SourceEnvironment.capture(os.environ)))
     assert isinstance(source, asf.AsfSource)
     for key, value in fields.items():
         setattr(source, key, value)
@@ -409,11 +410,13 @@ def test_prepare_with_the_real_grd_geocoder(served: Path, tmp_path: Path, earthd
 
 def test_registry_builds_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(asf.SEARCH_URL_ENV, raising=False)
-    source = S1_SOURCES["asf"](SourceOptions(work_dir=tmp_path, workers=3))
+    source = S1_SOURCES["asf"](SourceOptions(work_dir=tmp_path, workers=3,
+                                             environment=SourceEnvironment.capture(os.environ)))
     assert isinstance(source, asf.AsfSource) and source.search_url == asf.ASF_SEARCH_URL
     assert source.describe()["product_type"] == "IW GRD_HD" and source.name == "asf"
     monkeypatch.setenv(asf.SEARCH_URL_ENV, "http://127.0.0.1:9/")
-    assert S1_SOURCES["asf"](SourceOptions(work_dir=tmp_path)).search_url == "http://127.0.0.1:9"
+    options = SourceOptions(work_dir=tmp_path, environment=SourceEnvironment.capture(os.environ))
+    assert S1_SOURCES["asf"](options).search_url == "http://127.0.0.1:9"
 
 
 

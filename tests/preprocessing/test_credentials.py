@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from btfm_core.errors import CredentialsError
-from btfm_preprocessing.credentials import EARTHDATA_HOST, Secret, earthdata_login, env_secret
+from btfm_preprocessing.credentials import EARTHDATA_HOST, Secret, UserPassword
+from btfm_preprocessing.sources import SourceEnvironment
+
+
+def earthdata_login() -> UserPassword:
+    """The Earthdata login as the sources get it: from the environment captured at the command-line edge."""
+    return SourceEnvironment.capture(os.environ).earthdata_login()
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +39,7 @@ def test_secret_is_hidden_everywhere(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_missing_env_names_the_variable() -> None:
     with pytest.raises(CredentialsError, match="SH_CLIENT_ID"):
-        env_secret("SH_CLIENT_ID", "--source sentinelhub")
+        SourceEnvironment.capture(os.environ).required_secret("SH_CLIENT_ID", "--source sentinelhub")
 
 
 def test_earthdata_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

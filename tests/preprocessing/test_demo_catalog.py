@@ -24,8 +24,8 @@ from shapely.geometry import shape
 from btfm_core.errors import SourceError
 from btfm_core.roi import open_roi
 from btfm_preprocessing.period import Period
-from btfm_preprocessing.sources import SourceOptions, local_source
-from btfm_preprocessing.stac import search_items
+from btfm_preprocessing.sources import SourceOptions
+from btfm_preprocessing.sources.stac_api import local_source, search_items
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / "data" / "demo_belgium"

@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import uuid
 import zipfile
 from collections import Counter
@@ -33,14 +34,14 @@ from btfm_core.errors import CredentialsError, SourceError
 from btfm_core.grid import Grid
 from btfm_core.loopback import LoopbackServer, Reply
 from btfm_core.tiles import read_tile
-from btfm_preprocessing import hyp3, pipeline
-from btfm_preprocessing.asf import SEARCH_URL_ENV
+from btfm_preprocessing import pipeline
 from btfm_preprocessing.encoding import decode_s1_db
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.reader import read_on_grid
-from btfm_preprocessing.sources import S1_SOURCES, SourceOptions
-from btfm_preprocessing.stac import Scene
-from btfm_preprocessing.stack import group_by_day, read_s1_day
+from btfm_preprocessing.sources import S1_SOURCES, Scene, SourceEnvironment, SourceOptions, hyp3
+from btfm_preprocessing.sources.asf import SEARCH_URL_ENV
+from btfm_preprocessing.sources.cog import read_s1_day
+from btfm_preprocessing.stack import group_by_day
 from tests.conftest import DEMO_DIR
 from tests.preprocessing.test_asf import GRD_ID, PASSWORD, FakeAsf, recorded_item
 
@@ -168,7 +169,7 @@ def source_for(srv: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(hyp3_sdk.util, "AUTH_URL", f"{srv.url}/oauth/authorize?response_type=code&app_type=401")
     monkeypatch.setenv(SEARCH_URL_ENV, srv.url)
     source = S1_SOURCES["asf-hyp3"](SourceOptions(s1_catalog=f"{srv.url}/hyp3", work_dir=tmp_path / "work",
-                                                  workers=2))
+                                                  workers=2, environment=SourceEnvironment.capture(os.environ)))
     assert isinstance(source, hyp3.Hyp3Source)
     return source
 
@@ -318,13 +319,16 @@ def test_registry_and_endpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv(hyp3.HYP3_API_ENV, raising=False)
     monkeypatch.delenv(SEARCH_URL_ENV, raising=False)
     monkeypatch.delenv(hyp3.POLL_ENV, raising=False)
-    source = S1_SOURCES["asf-hyp3"](SourceOptions(work_dir=tmp_path))
+    def options() -> SourceOptions:  # the environment as the command line would capture it now
+        return SourceOptions(work_dir=tmp_path, environment=SourceEnvironment.capture(os.environ))
+
+    source = S1_SOURCES["asf-hyp3"](options())
     assert isinstance(source, hyp3.Hyp3Source)
     assert source.api_url == "https://hyp3-api.asf.alaska.edu" and source.poll_s == hyp3.DEFAULT_POLL_S
     monkeypatch.setenv(hyp3.HYP3_API_ENV, "http://127.0.0.1:9/api/")
     monkeypatch.setenv(hyp3.POLL_ENV, "soon")
     with pytest.raises(SourceError, match=hyp3.POLL_ENV):
-        S1_SOURCES["asf-hyp3"](SourceOptions(work_dir=tmp_path))
+        S1_SOURCES["asf-hyp3"](options())
     monkeypatch.setenv(hyp3.POLL_ENV, "1")
-    assert S1_SOURCES["asf-hyp3"](SourceOptions(work_dir=tmp_path)).api_url == "http://127.0.0.1:9/api"
+    assert S1_SOURCES["asf-hyp3"](options()).api_url == "http://127.0.0.1:9/api"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import socket
 import time
@@ -27,14 +28,14 @@ from affine import Affine
 from btfm_core.errors import DownloadError, ServiceUnavailableError, UnexpectedResponseError
 from btfm_core.grid import Grid
 from btfm_core.loopback import LoopbackServer, Reply
-from btfm_preprocessing import asf, hyp3, pipeline
-from btfm_preprocessing import sentinelhub as shub
+from btfm_preprocessing import pipeline
 from btfm_preprocessing.download import download
 from btfm_preprocessing.network import describe_problem, network_reason, safe_url
 from btfm_preprocessing.period import Period
-from btfm_preprocessing.sources import SourceOptions, earthsearch_source
-from btfm_preprocessing.stac import SEARCH_CONNECT_RETRIES
-from btfm_preprocessing.stack import AcquisitionDay
+from btfm_preprocessing.sources import AcquisitionDay, SourceEnvironment, SourceOptions, asf, hyp3
+from btfm_preprocessing.sources import sentinelhub as shub
+from btfm_preprocessing.sources import stac_api as stac_module
+from btfm_preprocessing.sources.stac_api import SEARCH_CONNECT_RETRIES, earthsearch_source
 from tests.conftest import DEMO_DIR
 from tests.preprocessing.test_asf import FakeAsf, recorded_item
 from tests.preprocessing.test_hyp3 import CAMARGUE_GRID, CAMARGUE_PRODUCT, fake_services
@@ -161,19 +162,20 @@ def test_unreachable_logins_are_not_blamed_on_the_credentials(closed_url: str, t
     monkeypatch.setenv("EARTHDATA_USERNAME", "btfm-tester")
     monkeypatch.setenv("EARTHDATA_PASSWORD", "s3cret-Pa55word")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    login = SourceEnvironment.capture(os.environ).earthdata_login()
     with pytest.raises(ServiceUnavailableError, match=r"Earthdata login at .* is unreachable \(connection refused"):
-        asf.earthdata_session(closed_url, closed_url)
+        asf.earthdata_session(closed_url, closed_url, login)
     monkeypatch.setattr(hyp3_sdk.util, "AUTH_URL", f"{closed_url}/oauth/authorize")
     with pytest.raises(ServiceUnavailableError,
                        match=rf"login for HyP3 \({closed_url}/oauth/authorize\) is unreachable \(connection refused"):
-        hyp3.hyp3_client(f"{closed_url}/hyp3")
+        hyp3.hyp3_client(f"{closed_url}/hyp3", login)
 
 
 def test_unreachable_planetary_sas_token_service(closed_url: str, monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     import planetary_computer.settings
 
-    from btfm_preprocessing.sources import planetary_sign
+    from btfm_preprocessing.sources.stac_api import planetary_sign
 
     monkeypatch.setattr(planetary_computer.settings.Settings.get(), "sas_url", f"{closed_url}/api/sas/v1/token")
     waits = Waits()
@@ -233,7 +235,8 @@ def test_token_endpoint_that_gives_no_token(answer: object, monkeypatch: pytest.
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     with LoopbackServer(DEMO_DIR, lambda method, path, body: answer) as srv, pytest.raises(
             UnexpectedResponseError, match=f"{srv.url}{TOKEN_PATH} answered without an access token"):
-        shub.sentinelhub_source(SourceOptions(catalog=srv.url)).search_s2(DEMO_GRID, MAY, 90)
+        options = SourceOptions(catalog=srv.url, environment=SourceEnvironment.capture(os.environ))
+        shub.sentinelhub_source(options).search_s2(DEMO_GRID, MAY, 90)
 
 
 def test_hyp3_submission_answer_without_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,9 +276,7 @@ def test_stac_api_503_then_200_logs_each_wait(caplog: pytest.LogCaptureFixture) 
 
 
 def test_stac_api_that_keeps_failing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from btfm_preprocessing import stac
-
-    monkeypatch.setattr(stac, "SEARCH_BACKOFF_S", 0.01)
+    monkeypatch.setattr(stac_module, "SEARCH_BACKOFF_S", 0.01)
     with LoopbackServer(DEMO_DIR) as srv, pytest.raises(ServiceUnavailableError) as info:
         srv.api = flaky(stac_api(srv.url), "/api/search", [502] * 10)  # type: ignore[assignment,arg-type]
         earthsearch_source(SourceOptions(catalog=f"{srv.url}/api")).search_s2(DEMO_GRID, MAY, 100)
@@ -293,7 +294,8 @@ def test_sentinelhub_503_token_and_429_process_are_logged(monkeypatch: pytest.Mo
     fake.queued[PROCESS_PATH] += [Reply(b"{}", status=429, headers={"Retry-After": "120000"})]  # 2 min, in ms
     monkeypatch.setattr(shub, "DEFAULT_RETRY", shub.RetryPolicy(sleep=waits, rate_limit_max_wait_s=0.01))
     with LoopbackServer(DEMO_DIR, fake) as srv, caplog.at_level(logging.INFO), pytest.warns(match="rate limit"):
-        source = shub.sentinelhub_source(SourceOptions(catalog=srv.url, workers=1))
+        source = shub.sentinelhub_source(SourceOptions(catalog=srv.url, workers=1,
+                                                       environment=SourceEnvironment.capture(os.environ)))
         scenes = source.search_s2(DEMO_GRID, MAY, 90)
         day = AcquisitionDay(scenes[0].day, tuple(scenes))
         result = source.read_s2_day(day, DEMO_GRID.window(0, 0, 20, 20), pool=None)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from btfm_preprocessing import pipeline, stack
+from btfm_preprocessing import pipeline, stack, tile_tasks
 from tests.conftest import DEMO_DIR
 
 ARGS = ["2020-11-01", "2021-10-31", "2020-11-01", "2021-10-31", "1", "--catalog", str(DEMO_DIR / "catalog.json"),
@@ -40,11 +40,11 @@ def test_crash_then_resume_equals_uninterrupted_run(roi: Path, tmp_path: Path,
             raise KeyboardInterrupt  # like Ctrl-C in the middle of a tile
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "build_tile", crash_on_third)
+    monkeypatch.setattr(tile_tasks, "build_tile", crash_on_third)  # where the tile writer looks it up
     assert pipeline.main([str(roi), *ARGS]) == 130
     tiles_dir = roi.parent / "retiled_d_pixel"
     assert len([p for p in tiles_dir.iterdir() if p.is_dir()]) == 2  # nothing half-written
-    monkeypatch.setattr(pipeline, "build_tile", original)
+    monkeypatch.setattr(tile_tasks, "build_tile", original)
     assert pipeline.main([str(roi), *ARGS, "--keep-intermediate"]) == 0
     assert tile_digests(tiles_dir) == tile_digests(reference / "retiled_d_pixel")
     assert (roi.parent / "cache").is_dir()  # kept by flag; the search was reused from it

@@ -22,7 +22,8 @@ from btfm_core.loopback import LoopbackServer
 from btfm_core.tiles import read_tile
 from btfm_preprocessing import pipeline
 from btfm_preprocessing.reader import gdal_env, read_on_grid
-from btfm_preprocessing.sources import SourceOptions, earthsearch_source
+from btfm_preprocessing.sources import SourceOptions
+from btfm_preprocessing.sources.stac_api import earthsearch_source
 from tests.conftest import DEMO_DIR
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
@@ -128,9 +129,9 @@ def test_window_read_fetches_a_small_part_of_a_cog(tmp_path: Path) -> None:
 
 
 def test_planetary_source_signs_hrefs_and_reads_s1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from btfm_preprocessing import sources
+    from btfm_preprocessing.sources import stac_api as stac_module
 
-    monkeypatch.setattr(sources, "planetary_sign", lambda href: f"{href}?sv=2024&sig=test-signature")
+    monkeypatch.setattr(stac_module, "planetary_sign", lambda href: f"{href}?sv=2024&sig=test-signature")
     for name in ("local", "remote"):
         (tmp_path / name).mkdir()
         shutil.copy(DEMO_DIR / "roi.tiff", tmp_path / name / "roi.tiff")

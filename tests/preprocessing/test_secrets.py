@@ -20,7 +20,7 @@ import pytest
 
 from btfm_core.loopback import LoopbackServer, Reply
 from btfm_preprocessing import pipeline
-from btfm_preprocessing import sentinelhub as shub
+from btfm_preprocessing.sources import sentinelhub as shub
 from tests.conftest import DEMO_DIR
 from tests.preprocessing.test_remote_stac import stac_api
 

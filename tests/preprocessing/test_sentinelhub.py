@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -31,12 +32,10 @@ from btfm_core.grid import Grid
 from btfm_core.loopback import LoopbackServer, Reply
 from btfm_core.tiles import read_tile
 from btfm_preprocessing import pipeline
-from btfm_preprocessing import sentinelhub as shub
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.reader import read_on_grid
-from btfm_preprocessing.sources import EARTH_SEARCH_S2_ASSETS, SourceOptions
-from btfm_preprocessing.stac import Scene
-from btfm_preprocessing.stack import AcquisitionDay
+from btfm_preprocessing.sources import EARTH_SEARCH_S2_ASSETS, AcquisitionDay, Scene, SourceEnvironment, SourceOptions
+from btfm_preprocessing.sources import sentinelhub as shub
 from tests.conftest import DEMO_DIR
 
 pytestmark = [pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])]
@@ -198,7 +197,8 @@ def server(shared_server: LoopbackServer, fake: FakeSentinelHub) -> LoopbackServ
 
 
 def source_for(server: LoopbackServer) -> shub.SentinelHubSource:
-    return shub.sentinelhub_source(SourceOptions(catalog=server.url, workers=2))
+    options = SourceOptions(catalog=server.url, workers=2, environment=SourceEnvironment.capture(os.environ))
+    return shub.sentinelhub_source(options)
 
 
 def run_pair(tmp_path: Path, server: LoopbackServer, *extra: str) -> tuple[Path, Path]:
@@ -324,8 +324,8 @@ def _may_day(server: LoopbackServer) -> tuple[shub.SentinelHubSource, Acquisitio
 def _local_day(day: AcquisitionDay, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from btfm_preprocessing.sources import local_source
-    from btfm_preprocessing.stack import read_s2_day
+    from btfm_preprocessing.sources.cog import read_s2_day
+    from btfm_preprocessing.sources.stac_api import local_source
 
     local = local_source(SourceOptions(catalog=str(DEMO_DIR / "catalog.json")))
     scenes = local.search_s2(grid, Period(day.day, day.day), 100)
@@ -445,7 +445,7 @@ def test_bad_endpoint_and_collection_are_refused() -> None:
 
 
 def test_describe_has_no_secrets() -> None:
-    source = shub.sentinelhub_source(SourceOptions(catalog="cdse"))
+    source = shub.sentinelhub_source(SourceOptions(catalog="cdse", environment=SourceEnvironment.capture(os.environ)))
     described = json.dumps(source.describe())
     assert "Copernicus Data Space Ecosystem" in described and shub.CDSE_URL in described
     assert CLIENT_SECRET not in described + repr(source) and CLIENT_ID not in described + repr(source)

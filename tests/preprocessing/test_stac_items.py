@@ -8,7 +8,7 @@ import pystac
 
 from btfm_preprocessing.encoding import has_boa_offset
 from btfm_preprocessing.sources import EARTH_SEARCH_S2_ASSETS
-from btfm_preprocessing.stac import to_scene
+from btfm_preprocessing.sources.stac_api import to_scene
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "stac"
 PC_ASSETS = {band: band for band in ("B04", "B02", "B03", "B08", "B8A", "B05", "B06", "B07", "B11", "B12", "SCL")}

@@ -14,8 +14,9 @@ from rasterio.enums import Resampling
 from btfm_core.grid import Grid
 from btfm_core.tiles import S2_BANDS
 from btfm_preprocessing.reader import read_on_grid
-from btfm_preprocessing.stac import Scene
-from btfm_preprocessing.stack import AcquisitionDay, group_by_day, read_s1_day, read_s2_day, split_by_orbit
+from btfm_preprocessing.sources import AcquisitionDay, Scene
+from btfm_preprocessing.sources.cog import read_s1_day, read_s2_day
+from btfm_preprocessing.stack import group_by_day, split_by_orbit
 from tests.conftest import write_raster
 
 ORIGIN = Affine(10, 0, 664000, 0, -10, 5612000)

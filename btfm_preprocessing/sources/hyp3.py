@@ -1,10 +1,10 @@
 """``--s1-source asf-hyp3``: Sentinel-1 RTC processed on demand by ASF HyP3.
 
-Scenes are found like ``--s1-source asf`` (:func:`btfm_preprocessing.asf.search_grd`). Preparing
-them submits one ``RTC_GAMMA`` job per scene (gamma0, radiometrically terrain corrected, linear
-power, 10 m pixels, UTM) with ``hyp3_sdk``, polls the jobs with back-off, downloads each finished
-product zip (size checked), keeps only its VV and VH GeoTIFFs and deletes the zip. The tiles then
-read those GeoTIFFs (reprojected onto the tile grid).
+Scenes are found like ``--s1-source asf`` (:func:`btfm_preprocessing.sources.asf.search_grd`: the
+one backend this one builds on). Preparing them submits one ``RTC_GAMMA`` job per scene (gamma0,
+radiometrically terrain corrected, linear power, 10 m pixels, UTM) with ``hyp3_sdk``, polls the jobs
+with back-off, downloads each finished product zip (size checked), keeps only its VV and VH GeoTIFFs
+and deletes the zip. The tiles then read those GeoTIFFs (reprojected onto the tile grid).
 
 Resumable: the job id of every submitted scene is kept in ``hyp3_jobs.json`` in the work folder,
 so a restarted run polls the jobs it already paid for instead of submitting them again, and
@@ -13,7 +13,8 @@ scenes whose GeoTIFFs are on disk are not downloaded again.
 The HyP3 API root is ``--s1-catalog`` or ``$BTFM_HYP3_API_URL`` (default: ASF's production API);
 the search root is ``$BTFM_ASF_SEARCH_URL`` (default: NASA CMR). ``$BTFM_HYP3_POLL_S`` (first
 poll interval, doubled up to 5 minutes) and ``$BTFM_HYP3_TIMEOUT_S`` (how long to wait for jobs)
-tune the waiting; each wait is logged at INFO.
+tune the waiting; each wait is logged at INFO. These variables and the Earthdata login are read at
+the command-line edge (:class:`~btfm_preprocessing.sources.SourceEnvironment`).
 
 Failures and their bounds: the Earthdata login and the job submission are not retried, so an
 API that refuses connections or has no DNS entry fails at once with
@@ -32,7 +33,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -56,8 +56,7 @@ from btfm_core.errors import CredentialsError, ServiceUnavailableError, SourceEr
 from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
 from btfm_core.progress import progress
-from btfm_preprocessing.asf import ASF_SEARCH_URL, search_grd, search_url_from
-from btfm_preprocessing.credentials import earthdata_login
+from btfm_preprocessing.credentials import UserPassword
 from btfm_preprocessing.download import Expected, download
 from btfm_preprocessing.network import (
     CHECK_NETWORK,
@@ -69,9 +68,10 @@ from btfm_preprocessing.network import (
     safe_url,
 )
 from btfm_preprocessing.period import Period
-from btfm_preprocessing.sources import SourceOptions
-from btfm_preprocessing.stac import Scene
-from btfm_preprocessing.stack import AcquisitionDay, read_s1_day
+from btfm_preprocessing.sources._types import AcquisitionDay, Scene, SourceEnvironment, SourceOptions
+from btfm_preprocessing.sources.asf import ASF_SEARCH_URL, search_grd, search_url_from
+from btfm_preprocessing.sources.cog import read_s1_day
+from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,13 @@ BACKSCATTER = "gamma0 RTC (ASF HyP3 RTC_GAMMA, terrain-flattened), linear power,
 POLARISATIONS = ("VV", "VH")
 
 
-def _env_seconds(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
+def _env_seconds(environment: SourceEnvironment, name: str, default: float) -> float:
+    """The variable ``name`` as a number of seconds (``default`` if unset or empty).
+
+    Raises:
+        SourceError: it is not a non-negative number.
+    """
+    value = environment.get(name, "").strip()
     if not value:
         return default
     try:
@@ -111,14 +116,13 @@ def _env_seconds(name: str, default: float) -> float:
     return seconds
 
 
-def hyp3_client(api_url: str) -> HyP3:
-    """A HyP3 client logged in with the NASA Earthdata login.
+def hyp3_client(api_url: str, login: UserPassword) -> HyP3:
+    """A HyP3 client logged in with the NASA Earthdata ``login``.
 
     Raises:
-        CredentialsError: no login configured, or HyP3 / Earthdata rejected it.
+        CredentialsError: HyP3 / Earthdata rejected the login.
         ServiceUnavailableError: the Earthdata login cannot be reached.
     """
-    login = earthdata_login()
     try:
         client = HyP3(api_url, username=login.username, password=login.password.reveal())
     except (requests.ConnectionError, requests.Timeout) as exc:
@@ -188,7 +192,9 @@ class Hyp3Source:
         poll_s: first poll interval in seconds (doubled up to :data:`MAX_POLL_S`).
         timeout_s: give up waiting for unfinished jobs after this many seconds.
         sleep: how to wait between polls (tests pass a no-op).
-        client_factory: builds the logged-in client (default :func:`hyp3_client`).
+        client_factory: builds the client logged in with a login (default :func:`hyp3_client`).
+        environment: where the Earthdata login comes from (``EARTHDATA_USERNAME``... as captured).
+        traffic: counts the downloaded bytes (None: not counted).
     """
 
     work_dir: Path
@@ -198,7 +204,9 @@ class Hyp3Source:
     poll_s: float = DEFAULT_POLL_S
     timeout_s: float = DEFAULT_TIMEOUT_S
     sleep: Callable[[float], None] = time.sleep
-    client_factory: Callable[[str], HyP3] = hyp3_client
+    client_factory: Callable[[str, UserPassword], HyP3] = hyp3_client
+    environment: SourceEnvironment = field(default_factory=SourceEnvironment)
+    traffic: NetworkCounter | None = None
     name: str = "asf-hyp3"
     backscatter: str = BACKSCATTER
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -278,7 +286,7 @@ class Hyp3Source:
             session.cookies.update(cookies)
             zip_path = download(str(product["url"]), self.work_dir / "downloads" / str(product["filename"]),
                                 session, Expected(size=int(product["size"]) if product.get("size") is not None
-                                                  else None))
+                                                  else None), traffic=self.traffic)
         try:
             self._extract(zip_path, self.product_paths(scene))
         except zipfile.BadZipFile as exc:
@@ -319,7 +327,7 @@ class Hyp3Source:
             else:
                 todo.append(scene)
         if todo:
-            client = self.client_factory(self.api_url)
+            client = self.client_factory(self.api_url, self.environment.earthdata_login())
             jobs = self.submit(client, todo, jobs)
             prepared += self.wait_and_fetch(client, {scene.id: scene for scene in todo if scene.id in jobs}, jobs)
         return sorted(prepared, key=lambda s: (s.acquired, s.id))
@@ -410,12 +418,20 @@ class Hyp3Source:
                 "job_type": "RTC_GAMMA", "rtc_parameters": dict(RTC_PARAMETERS), "backscatter": self.backscatter}
 
 
-def hyp3_source(options: SourceOptions) -> Hyp3Source:
-    """``--s1-source asf-hyp3``: ASF search + HyP3 RTC_GAMMA jobs (see module docstring)."""
+def hyp3_source(options: SourceOptions, traffic: NetworkCounter | None = None) -> Hyp3Source:
+    """``--s1-source asf-hyp3``: ASF search + HyP3 RTC_GAMMA jobs (see module docstring).
+
+    ``traffic`` counts the product downloads.
+
+    Raises:
+        SourceError: no work folder, or ``$BTFM_HYP3_POLL_S`` / ``$BTFM_HYP3_TIMEOUT_S`` is not a number.
+    """
     if options.work_dir is None:
         raise SourceError("the asf-hyp3 source needs a work folder (SourceOptions.work_dir)")
-    api_url = str(options.s1_catalog or os.environ.get(HYP3_API_ENV) or PROD_API).rstrip("/")
+    environment = options.environment
+    api_url = str(options.s1_catalog or environment.get(HYP3_API_ENV) or PROD_API).rstrip("/")
     return Hyp3Source(work_dir=options.work_dir, api_url=api_url,
                       search_url=search_url_from(options, use_catalog=False), workers=options.workers,
-                      poll_s=_env_seconds(POLL_ENV, DEFAULT_POLL_S), timeout_s=_env_seconds(TIMEOUT_ENV,
-                                                                                          DEFAULT_TIMEOUT_S))
+                      poll_s=_env_seconds(environment, POLL_ENV, DEFAULT_POLL_S),
+                      timeout_s=_env_seconds(environment, TIMEOUT_ENV, DEFAULT_TIMEOUT_S),
+                      environment=environment, traffic=traffic)

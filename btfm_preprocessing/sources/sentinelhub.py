@@ -7,14 +7,15 @@ Two deployments serve the same APIs; pick one with ``--catalog`` (a base URL, or
 - the Copernicus Data Space Ecosystem (``https://sh.dataspace.copernicus.eu``; free monthly quota).
 
 Both take an OAuth client id and secret from ``SH_CLIENT_ID`` / ``SH_CLIENT_SECRET``; the token
-endpoint follows from the base URL (``SH_TOKEN_URL`` overrides it). Secrets are only handed to the
-``sentinelhub`` client library; they never reach logs, messages or the run metadata.
+endpoint follows from the base URL (``SH_TOKEN_URL`` overrides it). These variables are read at the
+command-line edge (:class:`~btfm_preprocessing.sources.SourceEnvironment`), not here. Secrets are
+only handed to the ``sentinelhub`` client library; they never reach logs, messages or the run metadata.
 
 Search is one paged Catalog API query (STAC-like, ``eo:cloud_cover`` filter). Reading is one
 Process API request per (acquisition day, tile grid): the evalscript returns the ten contract
 bands plus SCL as UINT16 on exactly the tile grid (bbox in the tile's CRS, width/height = tile
 size), in a multi-part tar (``default.tif`` + ``userdata.json``). The pixels are then masked
-with :func:`~btfm_preprocessing.encoding.scl_valid_mask` like every other source.
+and harmonised by :func:`~btfm_preprocessing.mosaic.mosaic_s2` like every other source's.
 
 Harmonisation: the request asks for ``units: "DN"`` with ``harmonizeValues: true`` (Sentinel
 Hub's default, set explicitly here). Sentinel Hub then returns DN = 10000 x reflectance on the
@@ -54,7 +55,6 @@ import datetime as dt
 import io
 import json
 import logging
-import os
 import re
 import tarfile
 import threading
@@ -72,10 +72,9 @@ from rasterio.io import MemoryFile
 
 from btfm_core.errors import CredentialsError, ServiceUnavailableError, SourceError, UnexpectedResponseError
 from btfm_core.grid import Grid
-from btfm_core.tiles import S2_BANDS
-from btfm_preprocessing.credentials import Secret, env_secret
-from btfm_preprocessing.download import count_received
-from btfm_preprocessing.encoding import harmonise_reflectance, has_boa_offset, scl_valid_mask
+from btfm_preprocessing.credentials import Secret
+from btfm_preprocessing.encoding import has_boa_offset
+from btfm_preprocessing.mosaic import S2Granule, mosaic_s2
 from btfm_preprocessing.network import (
     CHECK_NETWORK,
     CONNECT_TIMEOUT_S,
@@ -86,9 +85,8 @@ from btfm_preprocessing.network import (
     safe_url,
 )
 from btfm_preprocessing.period import Period
-from btfm_preprocessing.sources import RECORDED_PROPERTIES, SourceOptions
-from btfm_preprocessing.stac import Scene
-from btfm_preprocessing.stack import AcquisitionDay
+from btfm_preprocessing.sources._types import RECORDED_PROPERTIES, S2_SPEC, AcquisitionDay, Scene, SourceOptions
+from btfm_preprocessing.traffic import NetworkCounter
 
 if TYPE_CHECKING:
     from sentinelhub import SentinelHubDownloadClient, SentinelHubSession, SHConfig
@@ -96,7 +94,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Environment variables read by this source.
+#: Environment variables this source reads (captured at the command-line edge, see SOURCE_VARIABLES).
 CLIENT_ID_ENV = "SH_CLIENT_ID"
 CLIENT_SECRET_ENV = "SH_CLIENT_SECRET"
 BASE_URL_ENV = "SH_BASE_URL"
@@ -119,7 +117,7 @@ MAX_REQUEST_PIXELS = 2500
 #: Catalog API page size (the library follows the ``next`` tokens).
 CATALOG_PAGE_SIZE = 100
 #: Process API output order: the tile contract's bands, then SCL.
-OUTPUT_BANDS: tuple[str, ...] = (*S2_BANDS, "SCL")
+OUTPUT_BANDS: tuple[str, ...] = (*S2_SPEC.bands, "SCL")
 #: ``norm_factor`` the evalscript reports for DN units: DN = reflectance / norm_factor.
 DN_NORM_FACTOR = 1e-4
 #: Product ids carry the processing baseline: ``..._N0400_...`` -> ``04.00``.
@@ -220,8 +218,8 @@ def evalscript() -> str:
     Data fusion of one collection read twice (``s2`` with bilinear upsampling, ``scl`` with
     nearest neighbour); ``userdata.json`` reports the DN normalisation factor.
     """
-    bands = ", ".join(f'"{band}"' for band in S2_BANDS)
-    values = ", ".join(f"s2.{band}" for band in S2_BANDS)
+    bands = ", ".join(f'"{band}"' for band in S2_SPEC.bands)
+    values = ", ".join(f"s2.{band}" for band in S2_SPEC.bands)
     return f"""//VERSION=3
 function setup() {{
   return {{
@@ -345,25 +343,21 @@ def mask_and_harmonise(image: np.ndarray, scenes: Iterable[Scene],
                        day: dt.date) -> tuple[np.ndarray, np.ndarray] | None:
     """Split an (H, W, 11) Process API image into contract bands and the validity mask.
 
-    The same rules as :func:`~btfm_preprocessing.stack.read_s2_day`: SCL 0 is "not covered",
-    :func:`scl_valid_mask` marks valid pixels, all-zero bands are invalid, and the +1000 offset is
-    removed where the scenes still carry it (never, with ``harmonizeValues``).
+    The image is one granule of :func:`~btfm_preprocessing.mosaic.mosaic_s2` (the same rules as the
+    STAC sources): SCL 0 is "not covered", :func:`~btfm_preprocessing.encoding.scl_valid_mask` marks
+    valid pixels, all-zero bands are invalid, and the +1000 offset is removed where the scenes
+    still carry it (never, with ``harmonizeValues``).
 
     Returns:
         ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no pixel is covered.
     """
-    scl = image[..., len(S2_BANDS)]
-    covered = scl != 0
-    if not covered.any():
-        return None
     scenes = list(scenes)
     baseline = max((s.processing_baseline for s in scenes if s.processing_baseline), default=None)
     removed = all(s.boa_offset_removed is True for s in scenes) if scenes else None
-    bands = harmonise_reflectance(np.ascontiguousarray(image[..., : len(S2_BANDS)]),
-                                  has_boa_offset(day, baseline, removed))
-    bands[~covered] = 0
-    valid = scl_valid_mask(scl).astype(bool) & bands.any(axis=-1) & covered
-    return bands, valid.astype(np.uint8)
+    granule = S2Granule(bands=np.ascontiguousarray(image[..., : len(S2_SPEC.bands)]),
+                        scl=np.ascontiguousarray(image[..., len(S2_SPEC.bands)]),
+                        boa_offset=has_boa_offset(day, baseline, removed))
+    return mosaic_s2([granule], (image.shape[0], image.shape[1]))
 
 
 def baseline_of(feature_id: str, properties: Mapping[str, Any]) -> str | None:
@@ -423,6 +417,7 @@ class SentinelHubSource:
         workers: most Process API requests in flight at once.
         max_cloud: ``--max-cloud``, also applied to the granules mosaicked by the Process API.
         retry: retry and rate-limit settings.
+        traffic: counts the bytes of the Process API answers (None: not counted).
         name: source name given on the command line.
     """
 
@@ -432,6 +427,7 @@ class SentinelHubSource:
     workers: int = 4
     retry: RetryPolicy = field(default_factory=lambda: DEFAULT_RETRY)
     max_cloud: float = 100.0
+    traffic: NetworkCounter | None = None
     name: str = "sentinelhub"
     _session: SentinelHubSession | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -620,7 +616,8 @@ class SentinelHubSource:
                     "tries; wait and run again (finished tiles are kept), or lower --workers") from exc
             except DownloadFailedException as exc:
                 raise SourceError(f"Sentinel Hub Process API request for {day.day} failed: {_reason(exc)}") from exc
-        count_received(len(response.content))
+        if self.traffic is not None:
+            self.traffic.add(len(response.content))
         tiff, userdata = parse_process_response(response.content)
         return mask_and_harmonise(decode_tile(tiff, userdata, grid), day.scenes, day.day)
 
@@ -674,8 +671,10 @@ def _reason(exc: Exception) -> str:
     return text[:400]
 
 
-def sentinelhub_source(options: SourceOptions) -> SentinelHubSource:
+def sentinelhub_source(options: SourceOptions, traffic: NetworkCounter | None = None) -> SentinelHubSource:
     """``--source sentinelhub``: endpoint from ``--catalog`` / ``SH_BASE_URL``, credentials from the environment.
+
+    ``options.environment`` holds the variables; ``traffic`` counts the Process API answers.
 
     Raises:
         CredentialsError: if ``SH_CLIENT_ID`` or ``SH_CLIENT_SECRET`` is not set.
@@ -685,9 +684,10 @@ def sentinelhub_source(options: SourceOptions) -> SentinelHubSource:
     if options.s2_collection not in (None, COLLECTION):
         raise SourceError(f"--source sentinelhub serves only the collection {COLLECTION}; drop --s2-collection "
                           f"'{options.s2_collection}'")
-    endpoint = resolve_endpoint(options.catalog, os.environ)
+    endpoint = resolve_endpoint(options.catalog, options.environment)
     purpose = f"--source sentinelhub ({endpoint.name})"
-    client_id = env_secret(CLIENT_ID_ENV, purpose)
-    client_secret = env_secret(CLIENT_SECRET_ENV, purpose)
+    client_id = options.environment.required_secret(CLIENT_ID_ENV, purpose)
+    client_secret = options.environment.required_secret(CLIENT_SECRET_ENV, purpose)
     return SentinelHubSource(endpoint=endpoint, client_id=client_id, client_secret=client_secret,
-                             workers=options.workers, retry=DEFAULT_RETRY, max_cloud=options.max_cloud)
+                             workers=options.workers, retry=DEFAULT_RETRY, max_cloud=options.max_cloud,
+                             traffic=traffic)

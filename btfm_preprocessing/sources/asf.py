@@ -9,8 +9,9 @@ so an interrupted run resumes where it stopped.
 
 Endpoints can be moved (a mirror, ASF's UAT systems, or a loopback test server): the search root
 is ``--s1-catalog`` or ``$BTFM_ASF_SEARCH_URL`` (default: NASA CMR), the Earthdata login root is
-``$BTFM_EARTHDATA_URL``. ``asf_search`` always speaks ``https://<host>``; a root given as
-``http://`` is reached over plain HTTP by :class:`EndpointSession`.
+``$BTFM_EARTHDATA_URL``; these and the login are read at the command-line edge
+(:class:`~btfm_preprocessing.sources.SourceEnvironment`). ``asf_search`` always speaks
+``https://<host>``; a root given as ``http://`` is reached over plain HTTP by :class:`EndpointSession`.
 
 Failures and their bounds: a search root that refuses connections or has no DNS entry fails at
 once (``asf_search`` does not retry those), one that stays silent after ``CMR_TIMEOUT`` (30 s);
@@ -28,7 +29,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -51,13 +51,13 @@ from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
 from btfm_core.progress import progress
 from btfm_core.tiles import ORBIT_DIRECTIONS
-from btfm_preprocessing.credentials import earthdata_login
+from btfm_preprocessing.credentials import UserPassword
 from btfm_preprocessing.download import Expected, download
 from btfm_preprocessing.network import CHECK_NETWORK, http_status, is_unreachable, log_retry, network_reason, safe_url
 from btfm_preprocessing.period import Period
-from btfm_preprocessing.sources import SourceOptions
-from btfm_preprocessing.stac import Scene
-from btfm_preprocessing.stack import AcquisitionDay, read_s1_day
+from btfm_preprocessing.sources._types import AcquisitionDay, Scene, SourceEnvironment, SourceOptions
+from btfm_preprocessing.sources.cog import read_s1_day
+from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
@@ -248,15 +248,13 @@ def _log_search_retries() -> None:
         retrying.before_sleep = _before_search_retry
 
 
-def earthdata_session(search_url: str = ASF_SEARCH_URL, login_url: str = EARTHDATA_URL) -> asf_search.ASFSession:
-    """An ASF session logged in to NASA Earthdata (a ``requests.Session`` for downloads).
+def earthdata_session(search_url: str, login_url: str, login: UserPassword) -> asf_search.ASFSession:
+    """An ASF session logged in to NASA Earthdata with ``login`` (a ``requests.Session`` for downloads).
 
     Raises:
-        CredentialsError: no login configured (names ``EARTHDATA_USERNAME``/``EARTHDATA_PASSWORD``
-            and ``~/.netrc``), or the login was rejected.
+        CredentialsError: the login was rejected.
         ServiceUnavailableError: the login endpoint cannot be reached.
     """
-    login = earthdata_login()
     session = search_session(search_url, login_url)
     try:
         session.auth_with_creds(login.username, login.password.reveal())
@@ -304,6 +302,8 @@ class AsfSource:
         login_url: NASA Earthdata login root.
         workers: scenes processed at once (each one zip on disk and one geocoding in memory).
         geocode: the GRD geocoder (default :func:`btfm_preprocessing.grd.geocode_grd`).
+        environment: where the Earthdata login comes from (``EARTHDATA_USERNAME``... as captured).
+        traffic: counts the downloaded bytes (None: not counted).
         backscatter: what the processed scenes hold; set from the geocoder's answer.
     """
 
@@ -312,6 +312,8 @@ class AsfSource:
     login_url: str = EARTHDATA_URL
     workers: int = 2
     geocode: Geocoder | None = None
+    environment: SourceEnvironment = field(default_factory=SourceEnvironment)
+    traffic: NetworkCounter | None = None
     name: str = "asf"
     backscatter: str = GRD_BACKSCATTER
     _session: asf_search.ASFSession | None = field(default=None, repr=False)
@@ -353,10 +355,16 @@ class AsfSource:
                                    "btfm:coverage": record["coverage"]})
 
     def session(self) -> asf_search.ASFSession:
-        """The Earthdata-authenticated download session (logged in once, on first use)."""
+        """The Earthdata-authenticated download session (logged in once, on first use).
+
+        Raises:
+            CredentialsError: no login configured (names ``EARTHDATA_USERNAME``/``EARTHDATA_PASSWORD``
+                and ``~/.netrc``), or the login was rejected.
+            ServiceUnavailableError: the login endpoint cannot be reached.
+        """
         with self._lock:
             if self._session is None:
-                self._session = earthdata_session(self.search_url, self.login_url)
+                self._session = earthdata_session(self.search_url, self.login_url, self.environment.earthdata_login())
             return self._session
 
     def download_scene(self, scene: Scene) -> Path:
@@ -366,7 +374,7 @@ class AsfSource:
         size = props.get("bytes")
         return download(scene.assets["GRD"], dest, self.session(),
                         Expected(size=int(size) if isinstance(size, int) else None,
-                                 md5=str(props["md5sum"]) if props.get("md5sum") else None))
+                                 md5=str(props["md5sum"]) if props.get("md5sum") else None), traffic=self.traffic)
 
     def process_scene(self, scene: Scene, grid: Grid) -> Scene | None:
         """Download, geocode onto ``grid`` and split one scene; None if it does not cover the grid."""
@@ -423,16 +431,19 @@ class AsfSource:
                 "backscatter": self.backscatter, "processing": "btfm_preprocessing.grd.geocode_grd"}
 
 
-def search_url_from(options: SourceOptions | None, *, use_catalog: bool = True) -> str:
+def search_url_from(options: SourceOptions, *, use_catalog: bool = True) -> str:
     """The ASF search root: ``--s1-catalog`` (if ``use_catalog``), ``$BTFM_ASF_SEARCH_URL``, or CMR."""
-    catalog = options.s1_catalog if options is not None and use_catalog else None
-    return str(catalog or os.environ.get(SEARCH_URL_ENV) or ASF_SEARCH_URL).rstrip("/")
+    catalog = options.s1_catalog if use_catalog else None
+    return str(catalog or options.environment.get(SEARCH_URL_ENV) or ASF_SEARCH_URL).rstrip("/")
 
 
-def asf_source(options: SourceOptions) -> AsfSource:
-    """``--s1-source asf``: ASF GRD search and download, geocoded locally (see module docstring)."""
+def asf_source(options: SourceOptions, traffic: NetworkCounter | None = None) -> AsfSource:
+    """``--s1-source asf``: ASF GRD search and download, geocoded locally (see module docstring).
+
+    ``traffic`` counts the downloads.
+    """
     if options.work_dir is None:
         raise SourceError("the asf source needs a work folder for downloads (SourceOptions.work_dir)")
     return AsfSource(work_dir=options.work_dir, search_url=search_url_from(options),
-                     login_url=os.environ.get(EARTHDATA_URL_ENV, EARTHDATA_URL).rstrip("/"),
-                     workers=options.workers)
+                     login_url=options.environment.get(EARTHDATA_URL_ENV, EARTHDATA_URL).rstrip("/"),
+                     workers=options.workers, environment=options.environment, traffic=traffic)
