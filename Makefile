@@ -20,8 +20,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 test: venv  ## run the whole test suite (network disabled)
 	$(VPY) -m pytest
 
-lint: venv  ## ruff
+lint: venv  ## ruff, then mypy --strict on btfm_core and btfm_infer
 	$(VPY) -m ruff check .
+	$(VPY) -m mypy btfm_core btfm_infer
 
 demo: venv  ## run the full chain on the embedded Belgian sample into $(DEMO_DIR)/
 	bash scripts/demo.sh $(DEMO_DIR)
@@ -35,7 +36,7 @@ bench: venv  ## product path: infer_all_tiles end to end vs the seed's algorithm
 train-demo: venv  ## re-train checkpoints/btfm_demo.pt (needs ../shared/data)
 	bash scripts/train_demo.sh
 
-bench-preprocessing: venv  ## preprocessing: bytes read and peak RSS for a 1x and a 4x ROI (loopback COG server)
+bench-preprocessing: venv  ## preprocessing rehearsal (1000² px ROI, 70 S2 + 60 S1 days, loopback COGs) vs odc-stac: time, bytes, RSS, disk, pixel agreement
 	$(VPY) scripts/bench_preprocessing.py
 
 evaluate: venv  ## downstream evaluation of the demo checkpoint on the sample labelled sets (needs ../shared/data)

@@ -11,10 +11,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from btfm_core.errors import BTFMError, SourceError
 from btfm_core.fileio import disk_full_error, is_disk_full
 from btfm_core.logs import OWNED_HANDLER
+
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "HelpFormatter", "MainFunction", "add_standard_options", "add_version",
+           "describe_unexpected", "entry_point", "prog_name"]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +137,13 @@ def describe_unexpected(exc: BaseException) -> str:
             f"{_where_details()}; please report it with the log")
 
 
-def entry_point(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+class MainFunction(Protocol):
+    """An entry point's ``main(argv=None) -> int`` (``argv`` None: the process's arguments)."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
+
+
+def entry_point(func: Callable[[Sequence[str] | None], int]) -> MainFunction:
     """Wrap ``main(argv) -> int`` so that no traceback reaches the console.
 
     A :class:`BTFMError` (bad input, a full disk, a failing service) prints its one-line message

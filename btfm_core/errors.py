@@ -8,6 +8,10 @@ exit code 2, never a traceback.
 
 from __future__ import annotations
 
+__all__ = ["BTFMError", "CheckpointError", "CredentialsError", "DiskFullError", "DownloadError", "InputDataError",
+           "InvalidDateRangeError", "InvalidROIError", "NoScenesFoundError", "OutputNotWritableError",
+           "ServiceUnavailableError", "SourceError", "TileFormatError", "TooLargeError", "UnexpectedResponseError"]
+
 
 class BTFMError(Exception):
     """Root of all BTFM errors."""

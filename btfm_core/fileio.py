@@ -27,6 +27,10 @@ import numpy as np
 
 from btfm_core.errors import BTFMError, DiskFullError, OutputNotWritableError
 
+__all__ = ["TMP_PREFIX", "atomic_path", "check_free_space", "create_npy", "disk_full_as_error", "disk_full_error",
+           "ensure_writable_dir", "file_digest", "human_bytes", "is_disk_full", "refuse_overwrite",
+           "remove_stale_temporaries", "temp_sibling"]
+
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"

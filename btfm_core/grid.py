@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from affine import Affine
 from rasterio.crs import CRS
 
+__all__ = ["Grid"]
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -68,7 +70,9 @@ class Grid:
         """Bounds of this grid transformed to another CRS (densified edges)."""
         from rasterio.warp import transform_bounds
 
-        return transform_bounds(self.rasterio_crs, CRS.from_user_input(crs), *self.bounds, densify_pts=21)
+        west, south, east, north = transform_bounds(self.rasterio_crs, CRS.from_user_input(crs), *self.bounds,
+                                                    densify_pts=21)
+        return (west, south, east, north)
 
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
         """(west, south, east, north) in WGS84 degrees, for STAC searches."""

@@ -14,6 +14,8 @@ from pathlib import Path
 from btfm_core.errors import OutputNotWritableError
 from btfm_core.redact import RedactingFilter
 
+__all__ = ["OWNED_HANDLER", "setup_logging"]
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Attribute marking the handlers setup_logging installed (others, e.g. pytest's, are left alone).
 OWNED_HANDLER = "_btfm_handler"

@@ -1,7 +1,8 @@
 """A loopback HTTP server for tests and benchmarks: static files with HTTP range requests, plus JSON routes.
 
-It binds 127.0.0.1 only and counts the bytes it serves per file, so tests can check that a
-windowed read of a COG fetches only part of it.
+It binds 127.0.0.1 only and counts the bytes of the file bodies it serves (per file name, and in
+all), so tests can check that a windowed read of a COG fetches only part of it and benchmarks can
+measure two readers the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+
+__all__ = ["Api", "LoopbackServer", "Reply"]
 
 #: (method, path, body) -> JSON-serialisable answer, an int HTTP error status, a :class:`Reply`,
 #: or None when the route is not handled.
@@ -46,7 +49,9 @@ class LoopbackServer:
     def __init__(self, root: Path, api: Api | None = None) -> None:
         self.root = root
         self.api = api
+        #: bytes of file response bodies sent, per file name (use :attr:`total_bytes_served` while serving).
         self.bytes_served: Counter[str] = Counter()
+        self._count_lock = threading.Lock()  # handler threads add to bytes_served at the same time
         self.queries: set[str] = set()
         #: file name -> bytes after which the next GET of that file drops the connection (once).
         self.cut_next: dict[str, int] = {}
@@ -118,7 +123,8 @@ class LoopbackServer:
                         chunk = chunk[:cut]
                         self.close_connection = True
                     self.wfile.write(chunk)
-                    server.bytes_served[path.name] += len(chunk)
+                    with server._count_lock:
+                        server.bytes_served[path.name] += len(chunk)
 
             def do_GET(self) -> None:
                 if not self._json(None):
@@ -135,6 +141,12 @@ class LoopbackServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def total_bytes_served(self) -> int:
+        """Bytes of file response bodies sent so far, all files together."""
+        with self._count_lock:
+            return sum(self.bytes_served.values())
 
     def __enter__(self) -> LoopbackServer:
         self._thread.start()

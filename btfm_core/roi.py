@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import rasterio
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.windows import Window
@@ -19,15 +20,17 @@ from rasterio.windows import Window
 from btfm_core.errors import InvalidROIError
 from btfm_core.grid import Grid
 
+__all__ = ["Roi", "inside_mask", "open_roi"]
+
 log = logging.getLogger(__name__)
 
 ROI_RESOLUTION_M = 10.0
 _RES_TOLERANCE = 1e-6
 
 
-def inside_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+def inside_mask(data: np.ndarray, nodata: float | None) -> npt.NDArray[np.bool_]:
     """Boolean inside mask of ROI values: non-zero, not NaN and not the ``nodata`` value."""
-    inside = data != 0
+    inside: npt.NDArray[np.bool_] = data != 0
     if np.issubdtype(data.dtype, np.floating):
         inside &= ~np.isnan(data)
     if nodata is not None and not math.isnan(nodata):

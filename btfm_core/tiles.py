@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,11 @@ import rasterio
 from btfm_core.errors import TileFormatError
 from btfm_core.fileio import atomic_path, create_npy
 from btfm_core.grid import Grid
+
+__all__ = ["BANDS_FILE", "DEFAULT_TILE_SIZE", "DOYS_FILE", "EMBEDDING_DIM", "MASKS_FILE", "ORBIT_DIRECTIONS",
+           "ROI_FILE", "RUN_METADATA_FILE", "S1_BANDS", "S2_BANDS", "TileArrays", "TileId", "TileWriter",
+           "check_single_run", "list_tiles", "read_run_metadata", "read_tile", "read_tile_metadata", "sar_doy_file",
+           "sar_file", "tile_bytes", "tile_layout", "write_roi_tiff", "write_run_metadata"]
 
 SCHEMA_VERSION = 1
 DEFAULT_TILE_SIZE = 500
@@ -200,7 +206,8 @@ def _validate(folder: Path, arrays: dict[str, np.ndarray], tile: TileId | None) 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        array: np.ndarray = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return array
     except (ValueError, OSError, EOFError) as exc:
         raise TileFormatError(f"{path}: not a readable .npy array ({exc}); the tile is corrupt, "
                               "delete its folder and re-run preprocessing to rebuild it") from exc
@@ -254,7 +261,8 @@ def read_tile_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / TILE_METADATA_FILE
     if not path.is_file():
         return {}
-    return json.loads(path.read_text())
+    metadata: dict[str, Any] = json.loads(path.read_text())
+    return metadata
 
 
 def check_single_run(tiles_dir: str | os.PathLike[str], tiles: list[TileId]) -> str | None:
@@ -382,7 +390,8 @@ class TileWriter:
         np.save(self.folder / name, np.ascontiguousarray(array, dtype=dtype))
         self._written.add(name)
 
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc is None:
             try:
                 for direction in ORBIT_DIRECTIONS:

@@ -23,6 +23,7 @@ result to float rounding, with far fewer and fuller batches.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ import torch
 from btfm_infer.families import NormStats
 from btfm_infer.sampling import SEQ_LEN
 from btfm_infer.unique_tokens import encode_distinct
+
+if TYPE_CHECKING:
+    from btfm_infer.model import BTFM, TransformerEncoder
 
 __all__ = ["DEFAULT_BUCKETS", "bucket_lengths", "bucket_steps", "compute_itemsize", "embed_bucketed",
            "fuse_in_batches", "resample_indices", "resampled_steps", "s1_series", "sequence_batch", "tokens_per_batch"]
@@ -212,7 +216,7 @@ def bucket_steps(valid: np.ndarray, rule: str, buckets: tuple[int, ...]) -> list
     return groups
 
 
-def _encode_backbone(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndarray, valid: np.ndarray,
+def _encode_backbone(backbone: TransformerEncoder, values: np.ndarray, doys: np.ndarray, valid: np.ndarray,
                      rule: str, buckets: tuple[int, ...], tokens: int, device: torch.device,
                      dtype: torch.dtype) -> np.ndarray:
     """(N, d_model) outputs of one backbone, batched by its own bucket length, on distinct steps only."""
@@ -226,7 +230,7 @@ def _encode_backbone(backbone: torch.nn.Module, values: np.ndarray, doys: np.nda
     return out
 
 
-def fuse_in_batches(model: torch.nn.Module, s2_repr: np.ndarray, s1_repr: np.ndarray, batch_size: int,
+def fuse_in_batches(model: BTFM, s2_repr: np.ndarray, s1_repr: np.ndarray, batch_size: int,
                     device: torch.device, dtype: torch.dtype) -> np.ndarray:
     """(N, embedding_dim) float32 ``model.fuse`` of (N, d_model) backbone outputs, ``batch_size`` at a time."""
     out = np.empty((s2_repr.shape[0], model.config.embedding_dim), dtype=np.float32)
@@ -238,7 +242,7 @@ def fuse_in_batches(model: torch.nn.Module, s2_repr: np.ndarray, s1_repr: np.nda
     return out
 
 
-def embed_bucketed(model: torch.nn.Module, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
+def embed_bucketed(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
                    s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray, s1_desc_doys: np.ndarray,
                    *, batch_size: int, device: torch.device, dtype: torch.dtype,
                    progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -278,12 +282,12 @@ def embed_bucketed(model: torch.nn.Module, s2_bands: np.ndarray, s2_masks: np.nd
     return out
 
 
-def _embed_bucketed_chunk(model: torch.nn.Module, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
+def _embed_bucketed_chunk(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
                           s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray,
                           s1_desc_doys: np.ndarray, batch_size: int, tokens: int, device: torch.device,
                           dtype: torch.dtype) -> np.ndarray:
     """:func:`embed_bucketed` of one chunk of pixels."""
-    stats, cfg = model.stats, model.config
+    stats, cfg = model.require_stats(), model.config
     rule, buckets = model.family.input_rule, cfg.buckets or DEFAULT_BUCKETS
     out = np.zeros((s2_bands.shape[0], cfg.embedding_dim), dtype=np.float32)
     s2_valid = np.asarray(s2_masks) != 0

@@ -43,6 +43,9 @@ from btfm_infer.families import FAMILIES, STATS, Family, NormStats, stats_for_so
 from btfm_infer.model import BTFM, ModelConfig
 from btfm_infer.sampling import S1_MEAN, S1_STD, S2_MEAN, S2_STD, SEQ_LEN
 
+__all__ = ["V11_SOURCES", "CheckpointInfo", "inspect_checkpoint", "load_model", "read_checkpoint_metadata",
+           "resolve_stats", "save_checkpoint"]
+
 log = logging.getLogger(__name__)
 
 FORMAT = "btfm-checkpoint"
@@ -227,6 +230,12 @@ def _dims(state: dict[str, torch.Tensor], path: Path, qk_norm: bool) -> dict[str
             "num_layers": num_layers, "dim_feedforward": int(ffn)}
 
 
+def _shape_config(dims: dict[str, int], **fields: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of the tensor-shape ``dims`` (:func:`_dims`) and the other ``fields``."""
+    return ModelConfig(d_model=dims["d_model"], s2_bands=dims["s2_bands"], s1_bands=dims["s1_bands"],
+                       num_layers=dims["num_layers"], dim_feedforward=dims["dim_feedforward"], **fields)
+
+
 def _reducer_out(state: dict[str, torch.Tensor], key: str, path: Path) -> int:
     if key not in state:
         raise CheckpointError(f"{path} lacks {key}: the dim_reducer is incomplete; {_FIX}")
@@ -259,11 +268,17 @@ def _v2_config(obj: dict[str, Any], state: dict[str, torch.Tensor], path: Path) 
         raise CheckpointError(f"{path}: the v2 args disagree with the tensor shapes ({detail}); the file is "
                               "inconsistent: download it again")
     try:
-        config = ModelConfig(**dims, nhead=nhead, embedding_dim=repr_dim, family="v2", qk_norm=qk_norm,
-                             matryoshka_dims=matryoshka)
+        config = _shape_config(dims, nhead=nhead, embedding_dim=repr_dim, family="v2", qk_norm=qk_norm,
+                               matryoshka_dims=matryoshka)
     except ValueError as exc:
         raise CheckpointError(f"{path} has unusable dimensions: {exc}") from exc
     return config, "the checkpoint's args"
+
+
+def _dict_entry(obj: object, key: str) -> dict[str, Any] | None:
+    """``obj[key]`` where ``obj`` is a dict and that entry is a dict too, else None."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def _v1_config(family: str, obj: Any, state: dict[str, torch.Tensor], path: Path,
@@ -271,8 +286,8 @@ def _v1_config(family: str, obj: Any, state: dict[str, torch.Tensor], path: Path
     """Config of a v1.0 / v1.0 QAT / v1.1 file: dims from shapes, heads from the family rule."""
     spec = FAMILIES[family]
     dims = _dims(state, path, qk_norm=False)
-    meta = obj.get("btfm") if isinstance(obj, dict) and isinstance(obj.get("btfm"), dict) else None
-    file_config = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
+    meta = _dict_entry(obj, "btfm")
+    file_config = _dict_entry(obj, "config") or {}
     meta_config = meta.get("config") if meta else None
     source = "the nhead argument"
     if nhead is None and isinstance(meta_config, dict) and meta_config.get("nhead") is not None:
@@ -310,7 +325,7 @@ def _v1_config(family: str, obj: Any, state: dict[str, torch.Tensor], path: Path
     else:
         extra = {"embedding_dim": _reducer_out(state, "dim_reducer.0.weight", path)}
     try:
-        config = ModelConfig(**dims, nhead=int(nhead), family=family, **extra)
+        config = _shape_config(dims, nhead=int(nhead), family=family, **extra)
     except ValueError as exc:
         raise CheckpointError(f"{path} has unusable dimensions: {exc}") from exc
     if isinstance(meta_config, dict):

@@ -18,18 +18,21 @@ import torch
 
 from btfm_core.errors import BTFMError
 from btfm_core.tiles import TileId
+from btfm_infer.onnx_engine import EngineModel
 from btfm_infer.progress import PixelProgress
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
 from btfm_infer.worker import load_worker_model
 
 log = logging.getLogger(__name__)
 
+__all__ = ["POLL_INTERVAL_S", "embed_tile_task", "run_on_dask"]
+
 #: Seconds between two looks at the cluster's finished tasks (for the progress lines).
 POLL_INTERVAL_S = 0.5
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_model(checkpoint: str, threads: int, options: InferenceOptions) -> torch.nn.Module:
+def _worker_model(checkpoint: str, threads: int, options: InferenceOptions) -> EngineModel:
     """The model, loaded once per worker process (on the CPU, with the chosen precision and engine)."""
     torch.set_num_threads(threads)
     return load_worker_model(checkpoint, "cpu", options, threads)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -23,6 +24,11 @@ from btfm_infer.bucketing import compute_itemsize, embed_bucketed, fuse_in_batch
 from btfm_infer.model import BTFM
 from btfm_infer.sampling import SEQ_LEN, build_s1_input, build_s2_input, doys_per_pixel, sample_indices
 from btfm_infer.unique_tokens import encode_distinct
+
+if TYPE_CHECKING:
+    from btfm_infer.onnx_engine import EngineModel, OnnxRuntimeBTFM
+
+__all__ = ["embed_pixels"]
 
 
 def _check(name: str, arr: np.ndarray, ndim: int | tuple[int, ...], kinds: str) -> np.ndarray:
@@ -57,7 +63,7 @@ def _check_doys(name: str, doys: np.ndarray, n: int, t: int) -> np.ndarray:
     return doys
 
 
-def _model_device(model: BTFM, device: str | torch.device | None) -> torch.device:
+def _model_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
     param = next(model.parameters())
     if device is None:
         return param.device
@@ -73,9 +79,7 @@ def _embed_all_observations(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndar
                             s1_desc_doys: np.ndarray, batch_size: int, device: torch.device,
                             dtype: torch.dtype, progress: Callable[[int], None] | None) -> np.ndarray:
     """The bucketed families' path (v1.1, v2): whole arrays, checked, days broadcast per pixel."""
-    if model.stats is None:
-        raise InputDataError(f"this {model.family.title} model has no normalisation statistics yet: load it with "
-                             "load_model(path, stats='mpc' or 'aws') (--stats on the command line)")
+    model.require_stats()  # raises now, before any work, for a v1.1 model without statistics
     n = s2_bands.shape[0]
     arrays = [np.asarray(a) for a in (s2_bands, s2_masks, s1_asc, s1_desc)]
     for name, arr in zip(("s2_bands", "s2_masks", "s1_asc", "s1_desc"), arrays, strict=True):
@@ -109,7 +113,7 @@ def _draw_block(model: BTFM, pixels: np.ndarray, bands: np.ndarray, masks: np.nd
                 asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray, desc_doys: np.ndarray,
                 rngs: Sequence[np.random.Generator]) -> _BlockDraws:
     """Standardise one block's series and draw its 40 S2 and 40 S1 steps per generator (the seed's rule)."""
-    stats, n = model.stats, bands.shape[0]
+    stats, n = model.require_stats(), bands.shape[0]
     s2 = (stats.standardise_s2(bands), np.ascontiguousarray(doys_per_pixel(s2_doys, n, bands.shape[1])))
     s2_valid = np.asarray(masks) != 0
     ta, td = asc.shape[1], desc.shape[1]
@@ -152,7 +156,7 @@ def _encode_blocks(model: BTFM, blocks: Sequence[_BlockDraws], batch_size: int, 
     return (acc / repeats).astype(np.float32)
 
 
-def _embed_full_sequences(model: torch.nn.Module, bands: np.ndarray, masks: np.ndarray, s2_doys: np.ndarray,
+def _embed_full_sequences(model: OnnxRuntimeBTFM, bands: np.ndarray, masks: np.ndarray, s2_doys: np.ndarray,
                           asc: np.ndarray, asc_doys: np.ndarray, desc: np.ndarray, desc_doys: np.ndarray,
                           rngs: Sequence[np.random.Generator], batch_size: int, device: torch.device,
                           dtype: torch.dtype) -> np.ndarray:
@@ -169,7 +173,7 @@ def _embed_full_sequences(model: torch.nn.Module, bands: np.ndarray, masks: np.n
     return (acc / len(rngs)).astype(np.float32)
 
 
-def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
+def embed_pixels(model: EngineModel, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
                  s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray, s1_desc_doys: np.ndarray,
                  *, seed: int = 0, repeat: int = 1, batch_size: int = 1024, device: str | torch.device | None = None,
                  seed_key: Sequence[int] = (), sample_block: int = 1024,
@@ -187,7 +191,8 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
     ``sample_block`` do not apply, and only pixels without any S2 or S1 observation are zero.
 
     Args:
-        model: A :class:`~btfm_infer.model.BTFM` (eval mode is used and the previous mode restored).
+        model: A :class:`~btfm_infer.model.BTFM`, or one wrapped by :func:`~btfm_infer.onnx_engine.with_engine`
+            (eval mode is used and the previous mode restored).
         s2_bands: (N, T, 10) S2 reflectance × 10000 (uint16 in tiles).
         s2_masks: (N, T) validity, non-zero = valid (uint8 in tiles).
         s2_doys: (T,) or (N, T) day of year, 0..366.
@@ -249,17 +254,17 @@ def embed_pixels(model: BTFM, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doy
         # no_grad, not inference_mode: under inference_mode autocast does not cache its bf16 copies of the
         # weights, and re-casting all of them for every batch took 40 % of a bf16 forward (profiled)
         with torch.no_grad():
-            if bucketed:
-                return _embed_all_observations(model, s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc,
-                                               s1_desc_doys, batch_size, dev, dtype, progress)
+            if bucketed:  # an OnnxRuntimeBTFM runs v1.0 only, so this is a BTFM
+                return _embed_all_observations(cast(BTFM, model), s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys,
+                                               s1_desc, s1_desc_doys, batch_size, dev, dtype, progress)
             pending: list[_BlockDraws] = []  # blocks drawn but not run yet (several fill one GPU batch)
             pending_pixels = 0
 
             def run_pending() -> None:
                 nonlocal pending_pixels
-                if pending:
-                    out[np.concatenate([b.pixels for b in pending])] = _encode_blocks(model, pending, batch_size,
-                                                                                      dev, dtype)
+                if pending:  # blocks are drawn for a BTFM only (see the isinstance test below)
+                    out[np.concatenate([b.pixels for b in pending])] = _encode_blocks(cast(BTFM, model), pending,
+                                                                                      batch_size, dev, dtype)
                     if progress is not None:
                         progress(pending_pixels)
                 pending.clear()

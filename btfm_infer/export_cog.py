@@ -44,6 +44,8 @@ from btfm_infer.export_common import (
     quantise_int8,
 )
 
+__all__ = ["SCALE_DESCRIPTION", "CogExport", "scales_path", "write_embedding_cog"]
+
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 256

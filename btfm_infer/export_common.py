@@ -22,6 +22,9 @@ from btfm_core.errors import BTFMError
 from btfm_core.roi import Roi, open_roi
 from btfm_infer.stitch_tiled_representation import open_stitched, read_npy_window
 
+__all__ = ["INT8_NODATA", "Block", "CosineStats", "band_names", "block_count", "dequantise", "iter_blocks",
+           "open_export", "overview_factors", "quantise_int8"]
+
 #: int8 export (as geotessera stores embeddings): ``embedding = q * scale`` with one float32
 #: scale per pixel; ``q`` is in [-127, 127] and -128 marks pixels outside the ROI.
 INT8_NODATA = -128

@@ -47,7 +47,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import numcodecs
@@ -71,6 +71,9 @@ from btfm_infer.export_common import (
     quantise_int8,
 )
 
+__all__ = ["DEFAULT_LAYOUT", "EMBEDDING_ARRAY", "SCALES_ARRAY", "SHARDED_LAYOUT", "ZarrExport", "ZarrLayout",
+           "read_layout", "write_embedding_zarr"]
+
 log = logging.getLogger(__name__)
 
 EMBEDDING_ARRAY = "embedding"
@@ -93,7 +96,7 @@ class ZarrLayout:
         shard: pixels per side of a shard (Zarr v3 sharding: one file of chunks), or None.
     """
 
-    zarr_format: int
+    zarr_format: Literal[2, 3]
     chunk: int
     shard: int | None = None
 
@@ -199,7 +202,8 @@ def _template(grid: Grid, channels: int, dtype: str, layout: ZarrLayout, attrs: 
     if quantise:
         variables[SCALES_ARRAY] = (("y", "x"), da.zeros((height, width), dtype="float32", chunks=BLOCK_SIZE),
                                    {"long_name": "per-pixel scale: embedding = embedding_q * scale"})
-    dataset = xr.Dataset(variables, coords={"y": y, "x": x, "band": ("band", names, {"long_name": "band name"})})
+    dataset: xr.Dataset = xr.Dataset(variables, coords={"y": y, "x": x,
+                                                        "band": ("band", names, {"long_name": "band name"})})
     dataset = dataset.rio.write_crs(grid.rasterio_crs, grid_mapping_name=GRID_MAPPING)
     dataset = dataset.rio.write_transform(grid.transform).rio.write_coordinate_system()
     dataset.attrs.update(attrs)  # after rioxarray, which drops a "transform" attribute

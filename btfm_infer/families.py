@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from btfm_infer.sampling import EPS, S1_MEAN, S1_STD, S2_MEAN, S2_STD
 
@@ -36,18 +37,18 @@ class NormStats:
     """
 
     name: str
-    s2_mean: np.ndarray
-    s2_std: np.ndarray
-    s1_asc_mean: np.ndarray
-    s1_asc_std: np.ndarray
-    s1_desc_mean: np.ndarray
-    s1_desc_std: np.ndarray
+    s2_mean: npt.NDArray[np.float32]
+    s2_std: npt.NDArray[np.float32]
+    s1_asc_mean: npt.NDArray[np.float32]
+    s1_asc_std: npt.NDArray[np.float32]
+    s1_desc_mean: npt.NDArray[np.float32]
+    s1_desc_std: npt.NDArray[np.float32]
 
-    def standardise_s2(self, values: np.ndarray) -> np.ndarray:
+    def standardise_s2(self, values: np.ndarray) -> npt.NDArray[np.float32]:
         """(..., 10) raw S2 values → float32 standardised."""
         return (np.asarray(values, dtype=np.float32) - self.s2_mean) / (self.s2_std + np.float32(EPS))
 
-    def standardise_s1(self, values: np.ndarray, direction: str) -> np.ndarray:
+    def standardise_s1(self, values: np.ndarray, direction: str) -> npt.NDArray[np.float32]:
         """(..., 2) raw S1 values of one orbit ``direction`` (ascending/descending) → float32 standardised."""
         mean, std = ((self.s1_asc_mean, self.s1_asc_std) if direction == "ascending"
                      else (self.s1_desc_mean, self.s1_desc_std))

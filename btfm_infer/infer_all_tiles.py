@@ -30,6 +30,7 @@ from btfm_core.tiles import TileId, check_single_run, list_tiles, read_run_metad
 from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.hardware import PRECISIONS, cpu_description, resolve_precision
+from btfm_infer.model import BTFM
 from btfm_infer.onnx_engine import ENGINES
 from btfm_infer.progress import (
     PROGRESS_LOG_INTERVAL_S,
@@ -53,6 +54,10 @@ from btfm_infer.tile_inference import (
 from btfm_infer.worker import prepare_model, run_tiles
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_CHECKPOINT", "MATRYOSHKA_CHOICES", "WorkerPlan", "build_parser", "describe_model",
+           "describe_worker_exit", "embed_pending", "load_checked_model", "main", "parse_split", "plan_workers",
+           "run_in_process", "run_workers", "worker_precisions"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: ``--dim`` values (the v2 students' Matryoshka dimensions).
@@ -345,7 +350,7 @@ class _ReportedProgress(ProgressFile):
         self.reporter.update({self.worker: self.pixels_done}, self.tiles_done)
 
 
-def run_in_process(plan: WorkerPlan, model: torch.nn.Module, args: argparse.Namespace, options: InferenceOptions,
+def run_in_process(plan: WorkerPlan, model: BTFM, args: argparse.Namespace, options: InferenceOptions,
                    total_pixels: int | None = None) -> None:
     """Run the one CPU worker in this process with the model the driver loaded already.
 
@@ -354,15 +359,16 @@ def run_in_process(plan: WorkerPlan, model: torch.nn.Module, args: argparse.Name
     """
     torch.set_num_threads(plan.threads)
     options = replace(options, precision=plan.precision, batch_size=plan.batch_size)
-    model = prepare_model(model, options, plan.threads)
+    runnable = prepare_model(model, options, plan.threads)
     reporter = PixelProgress(total_pixels, len(plan.tiles), logger=log)
     try:
-        run_tiles(model, args.tiles_dir, args.output_dir, plan.tiles, options, _ReportedProgress(reporter, plan.name))
+        run_tiles(runnable, args.tiles_dir, args.output_dir, plan.tiles, options,
+                  _ReportedProgress(reporter, plan.name))
     finally:
         reporter.close()
 
 
-def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]) -> torch.nn.Module:
+def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]) -> BTFM:
     """Load ``--checkpoint`` as the driver's check of everything the workers will need.
 
     Recognises the family (logged), decides v1.1 statistics (the checkpoint's own, ``--stats``,
@@ -377,7 +383,7 @@ def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]
                        run_s2_source=str(run_metadata.get("source") or "") or None)
     family, config = model.family, model.config
     if family.stats is None:  # the statistics decided here travel to the workers
-        args.stats = model.stats.name.removeprefix("v1.1-")
+        args.stats = model.require_stats().name.removeprefix("v1.1-")
     if args.dim is not None:
         if not family.matryoshka:
             raise BTFMError(f"--dim applies to Matryoshka families (v2 students); {args.checkpoint.name} is "
@@ -410,17 +416,17 @@ def worker_precisions(requested: str, *, gpus: bool) -> dict[str, str]:
     return precisions
 
 
-def describe_model(model: torch.nn.Module, args: argparse.Namespace) -> str:
+def describe_model(model: BTFM, args: argparse.Namespace) -> str:
     """One log line: family, dimensions, statistics and input rule of the run's model."""
     family = model.family
     rule = (f"{family.input_rule}, seed {args.seed}, repeat {args.repeat}" if family.randomised
             else f"{family.input_rule} (every valid observation; --seed/--repeat do not apply)")
     written = f" (first {args.dim} written)" if args.dim else ""
-    return (f"model: {family.title}, {model.embedding_dim}-d embedding{written}, {model.stats.name} statistics, "
-            f"input rule {rule}")
+    return (f"model: {family.title}, {model.embedding_dim}-d embedding{written}, "
+            f"{model.require_stats().name} statistics, input rule {rule}")
 
 
-def embed_pending(args: argparse.Namespace, model: torch.nn.Module, tiles: Sequence[TileId], options: InferenceOptions,
+def embed_pending(args: argparse.Namespace, model: BTFM, tiles: Sequence[TileId], options: InferenceOptions,
                   precisions: dict[str, str], record_precision: str, log_dir: Path, *, split: tuple[int, int],
                   n_gpu: int, asked_for_gpu: bool) -> None:
     """Check the record, plan the workers and embed every tile not done yet (the folder lock held)."""
@@ -437,7 +443,7 @@ def embed_pending(args: argparse.Namespace, model: torch.nn.Module, tiles: Seque
         raise
 
 
-def _plan_and_run(args: argparse.Namespace, model: torch.nn.Module, tiles: Sequence[TileId],
+def _plan_and_run(args: argparse.Namespace, model: BTFM, tiles: Sequence[TileId],
                   options: InferenceOptions, precisions: dict[str, str], log_dir: Path, *, split: tuple[int, int],
                   n_gpu: int, asked_for_gpu: bool) -> None:
     """Plan the workers for the pending tiles and run them."""

@@ -33,6 +33,8 @@ from btfm_core.tiles import DEFAULT_TILE_SIZE, ROI_FILE, TileId, list_tiles, rea
 from btfm_infer.stac_item import REPRESENTATION_DIRNAME, TILES_DIRNAME
 from btfm_infer.stitch_tiled_representation import DEFAULT_OUT_NAME, record_path
 
+__all__ = ["INFERENCE_RECORD", "main"]
+
 log = logging.getLogger(__name__)
 
 #: The inference record in ``representation_retiled/`` (``btfm_infer.tile_inference.INFERENCE_RECORD``,
@@ -182,8 +184,10 @@ def inference_summary(path: Path) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return {"problem": f"no readable {path.parent.name}/{path.name} (inference has not run here)"}
-    model = record.get("model") if isinstance(record.get("model"), dict) else {}
-    config = model.get("config") if isinstance(model.get("config"), dict) else {}
+    recorded_model = record.get("model")
+    model: dict[str, Any] = recorded_model if isinstance(recorded_model, dict) else {}
+    recorded_config = model.get("config")
+    config: dict[str, Any] = recorded_config if isinstance(recorded_config, dict) else {}
     dims = {k: config[k] for k in ("d_model", "num_layers", "nhead", "dim_feedforward") if k in config}
     return {"family": model.get("family"), "family_title": model.get("family_title"),
             "checkpoint": model.get("name"), "sha256": model.get("sha256"), "size_bytes": model.get("size_bytes"),

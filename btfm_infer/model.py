@@ -30,13 +30,17 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from btfm_core.errors import InputDataError
 from btfm_infer.families import FAMILIES, STATS, Family, NormStats
+
+__all__ = ["BTFM", "DEMO", "OFFICIAL", "ModelConfig", "Projector", "TransformerEncoder", "count_parameters",
+           "quantise_dynamic_int8", "sinusoidal_encoding"]
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,8 @@ class TemporalAwarePooling(nn.Module):
 
     def pool_distinct(self, x: torch.Tensor, log_multiplicity: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
         """Pool distinct-step outputs: expanded back to the full sequence (the GRU is order-sensitive)."""
-        return self(_expand_steps(x, expand))
+        pooled: torch.Tensor = self(_expand_steps(x, expand))
+        return pooled
 
 
 def _expand_steps(x: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
@@ -209,8 +214,12 @@ class CustomGRUCell(nn.Module):
 
     def __init__(self, size: int) -> None:
         super().__init__()
-        for name in ("W_ir", "W_iz", "W_ih", "W_hr", "W_hz", "W_hh"):
-            setattr(self, name, nn.Linear(size, size, bias=False))
+        self.W_ir = nn.Linear(size, size, bias=False)
+        self.W_iz = nn.Linear(size, size, bias=False)
+        self.W_ih = nn.Linear(size, size, bias=False)
+        self.W_hr = nn.Linear(size, size, bias=False)
+        self.W_hz = nn.Linear(size, size, bias=False)
+        self.W_hh = nn.Linear(size, size, bias=False)
         self.b_r = nn.Parameter(torch.zeros(size))
         self.b_z = nn.Parameter(torch.zeros(size))
         self.b_h = nn.Parameter(torch.zeros(size))
@@ -265,7 +274,8 @@ class CustomTemporalAwarePooling(nn.Module):
 
     def pool_distinct(self, x: torch.Tensor, log_multiplicity: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
         """Pool distinct-step outputs: expanded back to the full sequence (the GRU is order-sensitive)."""
-        return self(_expand_steps(x, expand))
+        pooled: torch.Tensor = self(_expand_steps(x, expand))
+        return pooled
 
 
 class AttentionPooling(nn.Module):
@@ -328,7 +338,8 @@ class QKNormEncoderLayer(nn.Module):
                                               dropout_p=self.dropout.p if self.training else 0.0)
         x = self.norm1(x + self.dropout(self.out_proj(attn.transpose(1, 2).reshape(b, t, d))))
         hidden = F.relu(self.linear1(x)) if self.training else torch.relu_(self.linear1(x))
-        return self.norm2(x + self.dropout(self.linear2(self.dropout(hidden))))
+        out: torch.Tensor = self.norm2(x + self.dropout(self.linear2(self.dropout(hidden))))
+        return out
 
 
 def post_norm_layer_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor,
@@ -354,10 +365,15 @@ def post_norm_layer_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor,
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias[:, None, None, :].to(q.dtype))
     x = layer.norm1(x + attn.out_proj(out.transpose(1, 2).reshape(b, t, d)))
-    return layer.norm2(x + layer.linear2(torch.relu_(layer.linear1(x))))
+    result: torch.Tensor = layer.norm2(x + layer.linear2(torch.relu_(layer.linear1(x))))
+    return result
 
 
-def _pooling(kind: str, d_model: int) -> nn.Module:
+#: The pooling modules over time, one per family (:attr:`btfm_infer.families.Family.pooling`).
+Pooling = TemporalAwarePooling | CustomTemporalAwarePooling | AttentionPooling
+
+
+def _pooling(kind: str, d_model: int) -> Pooling:
     if kind == "gru":
         return TemporalAwarePooling(d_model)
     if kind == "custom-gru":
@@ -379,7 +395,7 @@ class TransformerEncoder(nn.Module):
         self.d_model = d_model
         self.embedding = nn.Sequential(nn.Linear(bands, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
         self.temporal_encoder = TemporalPositionalEncoder(d_model)
-        self.transformer_encoder: nn.Module
+        self.transformer_encoder: nn.ModuleList | nn.TransformerEncoder
         if qk_norm:
             self.transformer_encoder = nn.ModuleList(
                 QKNormEncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers))
@@ -392,12 +408,13 @@ class TransformerEncoder(nn.Module):
 
     def encode_steps(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, bands + 1) standardised bands + raw day of year → (B, T, d_model) transformer outputs."""
-        h = self.embedding(x[..., :-1]) + self.temporal_encoder(x[..., -1])
+        h: torch.Tensor = self.embedding(x[..., :-1]) + self.temporal_encoder(x[..., -1])
         if isinstance(self.transformer_encoder, nn.ModuleList):
             for layer in self.transformer_encoder:
                 h = layer(h)
             return h
-        return self.transformer_encoder(h)
+        encoded: torch.Tensor = self.transformer_encoder(h)
+        return encoded
 
     def forward_distinct(self, x: torch.Tensor, multiplicity: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
         """Embed sequences given by their distinct steps (inference only; :mod:`btfm_infer.unique_tokens`).
@@ -413,13 +430,13 @@ class TransformerEncoder(nn.Module):
             (B, d_model) pooled representation.
         """
         log_multiplicity = torch.log(multiplicity.float())  # log 0 = -inf masks the padding
-        h = self.embedding(x[..., :-1]) + self.temporal_encoder(x[..., -1])
+        h: torch.Tensor = self.embedding(x[..., :-1]) + self.temporal_encoder(x[..., -1])
         if isinstance(self.transformer_encoder, nn.ModuleList):
             for layer in self.transformer_encoder:
                 h = layer(h, log_multiplicity)
         else:
             for layer in self.transformer_encoder.layers:
-                h = post_norm_layer_forward(layer, h, log_multiplicity)
+                h = post_norm_layer_forward(cast(nn.TransformerEncoderLayer, layer), h, log_multiplicity)
         return self.attn_pool.pool_distinct(h, log_multiplicity, expand)
 
     def forward_unrepeated(self, x: torch.Tensor) -> torch.Tensor:
@@ -434,7 +451,8 @@ class TransformerEncoder(nn.Module):
             b, t = x.shape[:2]
             ones = torch.ones((b, t), dtype=torch.int32, device=x.device)
             return self.forward_distinct(x, ones, torch.arange(t, device=x.device).expand(b, t))
-        return self(x)
+        pooled: torch.Tensor = self(x)
+        return pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed one modality's sequences.
@@ -445,7 +463,8 @@ class TransformerEncoder(nn.Module):
         Returns:
             (B, d_model) pooled representation.
         """
-        return self.attn_pool(self.encode_steps(x))
+        pooled: torch.Tensor = self.attn_pool(self.encode_steps(x))
+        return pooled
 
 
 def _dim_reducer(kind: str, d_in: int, d_out: int) -> nn.Sequential:
@@ -493,9 +512,20 @@ class BTFM(nn.Module):
         """Length of the embeddings :meth:`forward` returns."""
         return self.config.embedding_dim
 
+    def require_stats(self) -> NormStats:
+        """:attr:`stats`, which inputs need to be standardised.
+
+        Raises:
+            InputDataError: a v1.1 model whose data source (mpc or aws) is not known yet.
+        """
+        if self.stats is None:
+            raise InputDataError(f"this {self.family.title} model has no normalisation statistics yet: load it with "
+                                 "load_model(path, stats='mpc' or 'aws') (--stats on the command line)")
+        return self.stats
+
     def fuse(self, s2_repr: torch.Tensor, s1_repr: torch.Tensor) -> torch.Tensor:
         """(B, d_model) S2 and S1 backbone outputs → (B, embedding_dim) embeddings."""
-        out = self.dim_reducer(torch.cat([s2_repr, s1_repr], dim=-1))
+        out: torch.Tensor = self.dim_reducer(torch.cat([s2_repr, s1_repr], dim=-1))
         return out[..., :self.config.embedding_dim] if self.config.reducer_dim > self.config.embedding_dim else out
 
     def forward(self, s2_x: torch.Tensor, s1_x: torch.Tensor) -> torch.Tensor:
@@ -530,7 +560,8 @@ class Projector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_dim) → (B, hidden)."""
-        return self.net(x)
+        projected: torch.Tensor = self.net(x)
+        return projected
 
 
 def quantise_dynamic_int8(model: BTFM) -> BTFM:
@@ -547,7 +578,8 @@ def quantise_dynamic_int8(model: BTFM) -> BTFM:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, message=".*quantize_per_tensor.*")
-        return torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8)
+        quantised: BTFM = torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8)  # a copy
+        return quantised
 
 
 def count_parameters(module: nn.Module) -> int:

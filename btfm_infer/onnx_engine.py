@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from btfm_core.errors import BTFMError
-from btfm_infer.families import Family
+from btfm_infer.families import Family, NormStats
 from btfm_infer.model import BTFM
+
+__all__ = ["ENGINES", "EngineModel", "OnnxRuntimeBTFM", "with_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,10 @@ class OnnxRuntimeBTFM(torch.nn.Module):
         """The wrapped model's embedding length."""
         return self.model.embedding_dim
 
+    def require_stats(self) -> NormStats:
+        """The wrapped model's :meth:`BTFM.require_stats`."""
+        return self.model.require_stats()
+
     def forward(self, s2_x: torch.Tensor, s1_x: torch.Tensor) -> torch.Tensor:
         """Embed pixels (same contract as :meth:`BTFM.forward`)."""
         feeds = {"s2": np.ascontiguousarray(s2_x.detach().float().cpu().numpy()),
@@ -90,7 +96,11 @@ class OnnxRuntimeBTFM(torch.nn.Module):
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
-def with_engine(model: BTFM, engine: str, threads: int | None = None) -> torch.nn.Module:
+#: A model as an engine runs it: the PyTorch model itself, or wrapped for ONNX Runtime.
+EngineModel = BTFM | OnnxRuntimeBTFM
+
+
+def with_engine(model: BTFM, engine: str, threads: int | None = None) -> EngineModel:
     """``model`` itself for ``torch``, wrapped in :class:`OnnxRuntimeBTFM` for ``onnxruntime``."""
     if engine not in ENGINES:
         raise BTFMError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")

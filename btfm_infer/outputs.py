@@ -31,6 +31,7 @@ import rasterio
 import rioxarray
 import xarray as xr
 from affine import Affine
+from dask.base import tokenize
 from rasterio.errors import RasterioIOError
 
 from btfm_core.errors import InputDataError
@@ -132,7 +133,8 @@ def _as_dataarray(data: da.Array, grid: Grid, bands: Sequence[str], nodata: floa
         coords[SCALES_COORD] = (("y", "x"), scales)
     array = xr.DataArray(data, dims=("y", "x", "band"), coords=coords, name="embedding", attrs=attrs)
     array = array.rio.write_crs(grid.rasterio_crs).rio.write_transform(grid.transform)
-    return array.rio.write_coordinate_system().rio.write_nodata(nodata, encoded=False)
+    described: xr.DataArray = array.rio.write_coordinate_system().rio.write_nodata(nodata, encoded=False)
+    return described
 
 
 def storage_chunk(kind: str, path: Path) -> int:
@@ -164,7 +166,8 @@ def _raster_band(path: Path, chunks: int) -> da.Array:
     """The (band, y, x) dask array of a raster, read window by window with rioxarray."""
     opened = rioxarray.open_rasterio(path, chunks=_chunk_spec(chunks), mask_and_scale=False)
     assert isinstance(opened, xr.DataArray)
-    return opened.data
+    data: da.Array = opened.data
+    return data
 
 
 def _geotiff_header(path: Path) -> tuple[Grid, str, float | None, list[str], dict[str, str]]:
@@ -308,7 +311,7 @@ def _open_npy(path: Path, dequantise_codes: bool, chunks: int) -> xr.DataArray:
         raise InputDataError(f"{path} is {reader.dtype} {reader.shape} but its record {record_path(path).name} "
                              f"describes a {grid.height} x {grid.width} grid; expected (H, W, C) floating point")
     mtime = path.stat().st_mtime_ns
-    data = da.from_array(reader, chunks=(chunks, chunks, -1), name=f"btfm-npy-{da.core.tokenize(str(path), mtime)}")
+    data = da.from_array(reader, chunks=(chunks, chunks, -1), name=f"btfm-npy-{tokenize(str(path), mtime)}")
     roi_file = path.parent / ROI_FILE
     inside = None
     if roi_file.is_file():

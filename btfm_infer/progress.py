@@ -24,6 +24,10 @@ from tqdm import tqdm
 from btfm_core.fileio import atomic_path
 from btfm_core.progress import bar_wanted
 
+__all__ = ["PROGRESS_LOG_INTERVAL_S", "PixelProgress", "ProgressFile", "failure_file_path", "format_duration",
+           "format_progress", "progress_file_path", "read_failure_file", "read_progress_file", "read_progress_tile",
+           "write_failure_file", "write_progress_file"]
+
 log = logging.getLogger(__name__)
 
 #: Seconds between two progress log lines when stderr is not a terminal.

@@ -15,12 +15,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from btfm_core.fileio import atomic_path
 from btfm_core.roi import Roi, open_roi
 from btfm_infer.stitch_tiled_representation import open_stitched, read_npy_window
+
+__all__ = ["DEFAULT_MAX_SIZE", "HIGH_PERCENTILE", "LOW_PERCENTILE", "MAX_SAMPLES", "fit_pca", "project",
+           "quicklook_stride", "robust_stretch", "write_quicklook_png"]
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +69,10 @@ def fit_pca(samples: np.ndarray, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return mean, components
 
 
-def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> npt.NDArray[np.float64]:
     """Coordinates of (..., C) vectors on (n, C) components → (..., n) float64."""
-    return (np.asarray(vectors, dtype=np.float64) - mean) @ components.T
+    coordinates: npt.NDArray[np.float64] = (np.asarray(vectors, dtype=np.float64) - mean) @ components.T
+    return coordinates
 
 
 def robust_stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:

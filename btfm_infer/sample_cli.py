@@ -19,6 +19,8 @@ from btfm_core.errors import BTFMError
 from btfm_core.fileio import atomic_path, ensure_writable_dir, refuse_overwrite
 from btfm_core.logs import setup_logging
 
+__all__ = ["main"]
+
 log = logging.getLogger(__name__)
 
 #: Table formats by the suffix of ``--out``.

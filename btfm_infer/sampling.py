@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["EPS", "S1_MEAN", "S1_STD", "S2_MEAN", "S2_STD", "SEQ_LEN", "build_s1_input", "build_s2_input",
+           "doys_per_pixel", "sample_indices", "sample_indices_reference", "standardised_no_data_s1"]
+
 #: Time steps drawn per pixel and modality.
 SEQ_LEN = 40
 

@@ -162,9 +162,20 @@ class EmbeddingSource(Protocol):
     ``valid`` marks pixels with an embedding: inside the ROI, finite and not all zero.
     """
 
-    path: Path
-    grid: Grid
-    channels: int
+    @property
+    def path(self) -> Path:
+        """The embedding file."""
+        ...
+
+    @property
+    def grid(self) -> Grid:
+        """Its (H, W) grid."""
+        ...
+
+    @property
+    def channels(self) -> int:
+        """C, the embedding length."""
+        ...
 
     def read_rows(self, row0: int, row1: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``row0:row1:stride``, columns ``::stride`` → ((h, w, C) float32 zero where invalid, (h, w) valid)."""
@@ -715,8 +726,8 @@ class ExplorerServer(ThreadingHTTPServer):
     def url(self) -> str:
         """The page's address."""
         host, port = self.server_address[:2]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        return f"http://[{shown}]:{port}/" if ":" in str(shown) else f"http://{shown}:{port}/"
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else str(host)  # a str for AF_INET and AF_INET6
+        return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
 
     def host_allowed(self, header: str | None) -> bool:
         """On a loopback address, answer only requests for this machine's names (no DNS rebinding)."""

@@ -39,7 +39,7 @@ from pystac.extensions.eo import Band, EOExtension
 from pystac.extensions.file import FileExtension
 from pystac.extensions.mlm import MLMExtension
 from pystac.extensions.projection import ProjectionExtension
-from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+from pystac.extensions.raster import DataType, NoDataStrings, RasterBand, RasterExtension
 from rasterio.warp import transform as transform_points
 
 from btfm_core.errors import CheckpointError, InputDataError
@@ -49,6 +49,10 @@ from btfm_core.tiles import RUN_METADATA_FILE, S1_BANDS, S2_BANDS
 from btfm_infer.export_common import band_names
 from btfm_infer.families import FAMILIES, STATS, Family, NormStats
 from btfm_infer.sampling import SEQ_LEN
+
+__all__ = ["REPRESENTATION_DIRNAME", "TILES_DIRNAME", "AssetSpec", "Provenance", "build_item", "build_provenance",
+           "checkpoint_info", "file_fields", "find_inference_model", "find_run_metadata", "lonlat_outline",
+           "mlm_properties", "parse_period", "read_run_metadata", "sha256_multihash", "write_item"]
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +296,10 @@ def _add_bands(asset: pystac.Asset, spec: AssetSpec, resolution: float) -> None:
                                    for name, text in described]
     EOExtension.ext(asset, add_if_missing=True).apply(
         bands=[Band.create(name=name, description=text) for name, text in described])
-    band = {"data_type": DataType(data_type), "nodata": nodata, "spatial_resolution": resolution}
-    RasterExtension.ext(asset, add_if_missing=True).apply([RasterBand.create(**band) for _ in range(count)])
+    raster_nodata = NoDataStrings(nodata) if isinstance(nodata, str) else nodata  # "nan" and the like
+    RasterExtension.ext(asset, add_if_missing=True).apply(
+        [RasterBand.create(data_type=DataType(data_type), nodata=raster_nodata, spatial_resolution=resolution)
+         for _ in range(count)])
 
 
 def _shortest(values: np.ndarray) -> list[float]:
@@ -316,12 +322,13 @@ def mlm_inputs(family: Family, stats: NormStats) -> list[dict[str, Any]]:
     steps = SEQ_LEN if sampled else -1
     rule = (f"{SEQ_LEN} time steps drawn per pixel among its valid ones (input rule {family.input_rule})" if sampled
             else f"every valid observation, resampled to a bucket length (input rule {family.input_rule})")
-    structure = {"dim_order": ["batch", "time", "channel"], "data_type": "float32"}
+    structure: dict[str, Any] = {"dim_order": ["batch", "time", "channel"], "data_type": "float32"}
     s2 = {"name": "s2_x", "bands": list(S2_BANDS),
           "input": {"shape": [-1, steps, len(S2_BANDS) + 1], **structure},
           "description": f"Sentinel-2 L2A reflectance x 10000 of the bands in this order, standardised by "
                          f"value_scaling, then the raw day of year (1-366) as the last channel; {rule}",
           "value_scaling": _z_scores(stats.s2_mean, stats.s2_std)}
+    s1: list[dict[str, Any]]
     s1 = [{"name": f"s1_x {direction}", "bands": list(S1_BANDS),
            "input": {"shape": [-1, -1, len(S1_BANDS) + 1], **structure},
            "description": f"Sentinel-1 {direction} backscatter VV, VH as the tiles' int16 encoding "

@@ -38,6 +38,8 @@ from btfm_core.progress import progress
 from btfm_core.roi import Roi, open_roi
 from btfm_core.tiles import EMBEDDING_DIM, TileId, check_single_run, list_tiles
 
+__all__ = ["DEFAULT_OUT_NAME", "StitchSummary", "main", "open_stitched", "read_npy_window", "record_path", "stitch"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT_NAME = "stitched_representation.npy"

@@ -10,6 +10,8 @@ import numpy as np
 
 from btfm_core.tiles import TileArrays, TileId, read_tile
 
+__all__ = ["scan_tiles"]
+
 log = logging.getLogger(__name__)
 
 

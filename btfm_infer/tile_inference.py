@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,12 @@ from btfm_core.errors import BTFMError, InputDataError
 from btfm_core.fileio import atomic_path, create_npy, file_digest
 from btfm_core.tiles import EMBEDDING_DIM, TileArrays, TileId, read_tile
 from btfm_infer.embed import embed_pixels
+
+if TYPE_CHECKING:
+    from btfm_infer.onnx_engine import EngineModel
+
+__all__ = ["INFERENCE_RECORD", "InferenceOptions", "check_or_write_record", "infer_tile", "inference_record",
+           "model_record", "output_dim", "read_inference_record", "representation_path"]
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +76,21 @@ def model_summary(checkpoint: str | os.PathLike[str], config: dict[str, Any]) ->
     return {"name": path.name, "sha256": file_digest(path), "size_bytes": path.stat().st_size, "config": config}
 
 
-def model_record(checkpoint: str | os.PathLike[str], model: torch.nn.Module,
+def model_record(checkpoint: str | os.PathLike[str], model: EngineModel,
                  dim: int | None = None) -> dict[str, Any]:
     """:func:`model_summary` plus the family, statistics, input rule, int8 rule and dimensions written."""
     family = model.family
     return {**model_summary(checkpoint, model.config.to_dict()), "family": family.name, "family_title": family.title,
-            "embedding_dim": dim or int(model.embedding_dim), "stats": model.stats.name,
+            "embedding_dim": dim or int(model.embedding_dim), "stats": model.require_stats().name,
             "input_rule": family.input_rule, "int8_rule": family.int8_rule}
 
 
-def output_dim(model: torch.nn.Module, options: InferenceOptions) -> int:
+def output_dim(model: EngineModel, options: InferenceOptions) -> int:
     """Embedding dimensions written per pixel: ``options.dim`` or the model's whole embedding."""
     return options.dim or int(model.embedding_dim)
 
 
-def inference_record(checkpoint: Path, model: torch.nn.Module, options: InferenceOptions) -> dict[str, Any]:
+def inference_record(checkpoint: Path, model: EngineModel, options: InferenceOptions) -> dict[str, Any]:
     """The record of an inference run: what decides the embeddings' values (not batch size or engine).
 
     Besides the checkpoint it names the family, the statistics set, the input rule, the
@@ -105,7 +111,8 @@ def _record_difference(previous: Any, record: dict[str, Any]) -> str:
         return "the record there is unreadable"
 
     def flat(rec: dict[str, Any]) -> dict[str, Any]:
-        model = rec.get("model") if isinstance(rec.get("model"), dict) else {}
+        recorded = rec.get("model")
+        model: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         keys = ("name", "sha256", "family", "embedding_dim", "stats")
         sampling = {k: rec.get(k) for k in ("seed", "repeat", "precision")}
         return {**{f"model {k}": model.get(k) for k in keys}, **sampling}
@@ -209,7 +216,7 @@ def _prefetched(blocks: Iterator[Block], enabled: bool) -> Iterator[Block]:
             yield current
 
 
-def infer_tile(model: torch.nn.Module, tile_dir: Path, out_path: Path, options: InferenceOptions, *,
+def infer_tile(model: EngineModel, tile_dir: Path, out_path: Path, options: InferenceOptions, *,
                progress: Callable[[int], None] | None = None) -> int:
     """Embed every ROI pixel of a tile; write (H, W, D) float32 atomically (D = :func:`output_dim`).
 

@@ -17,8 +17,13 @@ its standardised series (``values``, (N, T, C)), so nothing is materialised at f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from btfm_infer.model import TransformerEncoder
 
 __all__ = ["DistinctSteps", "encode_distinct", "useful_tokens"]
 
@@ -61,7 +66,7 @@ def useful_tokens(steps: np.ndarray) -> int:
     return int(DistinctSteps(steps).counts.sum()) if len(steps) else 0
 
 
-def encode_distinct(backbone: torch.nn.Module, values: np.ndarray, doys: np.ndarray, steps: np.ndarray, *,
+def encode_distinct(backbone: TransformerEncoder, values: np.ndarray, doys: np.ndarray, steps: np.ndarray, *,
                     tokens_per_batch: int, device: torch.device, dtype: torch.dtype) -> np.ndarray:
     """Pooled backbone outputs of every pixel, its transformer run on distinct steps only.
 

@@ -32,12 +32,15 @@ from btfm_core.tiles import TileId
 from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.hardware import PRECISIONS, resolve_precision
-from btfm_infer.model import quantise_dynamic_int8
-from btfm_infer.onnx_engine import ENGINES, with_engine
+from btfm_infer.model import BTFM, quantise_dynamic_int8
+from btfm_infer.onnx_engine import ENGINES, EngineModel, with_engine
 from btfm_infer.progress import ProgressFile, write_failure_file
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
 
 log = logging.getLogger(__name__)
+
+__all__ = ["EXIT_STOPPED", "FILE_ONLY", "DriverGone", "build_parser", "die_with_parent", "is_out_of_memory",
+           "load_worker_model", "main", "one_line", "prepare_model", "run_tiles"]
 
 #: ``PR_SET_PDEATHSIG`` of ``<linux/prctl.h>``.
 PR_SET_PDEATHSIG = 1
@@ -56,7 +59,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def run_tiles(model: torch.nn.Module, tiles_dir: Path, output_dir: Path, tiles: Sequence[TileId],
+def run_tiles(model: EngineModel, tiles_dir: Path, output_dir: Path, tiles: Sequence[TileId],
               options: InferenceOptions, progress: ProgressFile | None = None) -> tuple[int, int]:
     """Embed each tile not yet done; halve the batch on GPU out-of-memory.
 
@@ -98,13 +101,13 @@ def run_tiles(model: torch.nn.Module, tiles_dir: Path, output_dir: Path, tiles: 
 
 
 def load_worker_model(checkpoint: str | Path, device: str, options: InferenceOptions,
-                      threads: int | None = None) -> torch.nn.Module:
+                      threads: int | None = None) -> EngineModel:
     """The model a worker runs: loaded on ``device``, int8-quantised for ``precision int8``, in its engine."""
     return prepare_model(load_model(checkpoint, device, family=options.family, stats=options.stats), options,
                          threads)
 
 
-def prepare_model(model: torch.nn.Module, options: InferenceOptions, threads: int | None = None) -> torch.nn.Module:
+def prepare_model(model: BTFM, options: InferenceOptions, threads: int | None = None) -> EngineModel:
     """A loaded model as ``options`` runs it: int8-quantised for ``precision int8``, in its engine."""
     if options.precision == "int8":
         model = quantise_dynamic_int8(model)
