@@ -31,6 +31,8 @@ __all__ = ["LOCK_NAME", "FolderLockedError", "folder_lock"]
 
 #: Name of the lock file in a locked folder.
 LOCK_NAME = ".btfm.lock"
+#: A lock found held but still empty is read again this many times, this many seconds apart.
+_HOLDER_WAITS, _HOLDER_WAIT_S = 10, 0.1
 
 
 class FolderLockedError(BTFMError):
@@ -104,6 +106,11 @@ def _acquire(path: Path, folder: Path) -> Any:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(handle)
+            for _ in range(_HOLDER_WAITS):  # the holder has just locked it and is writing who it is
+                if holder:
+                    break
+                time.sleep(_HOLDER_WAIT_S)
+                holder = _read_holder(handle)
             handle.close()
             raise FolderLockedError(
                 f"{folder} is in use by another run: {_describe(holder)}; wait for it to finish, or stop it, "

@@ -169,12 +169,20 @@ class Started:
     locked_at: float
 
 
+def _holds(lock: Path) -> bool:
+    try:
+        return lock.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def start_locked(step: Step, work: Path, *, workers: int = 0) -> Started | None:
     """Start the step; return once it holds its lock (and runs ``workers`` workers), or None if it ended first."""
     lock = work / step.lock_dir / LOCK_NAME
     proc = subprocess.Popen(step.argv(work), cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    if not wait_for(lambda: lock.exists() and len(worker_pids(proc)) >= workers, proc):
+    # the lock taken and its holder written (a lock file exists for a moment before it names its holder)
+    if not wait_for(lambda: _holds(lock) and len(worker_pids(proc)) >= workers, proc):
         proc.wait()
         return None
     return Started(proc, time.monotonic())
