@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from btfm_core.cli import HelpFormatter, add_verbosity, entry_point
+from btfm_core.cli import HelpFormatter, add_standard_options, add_version, entry_point, prog_name
 from btfm_core.errors import BTFMError
 from btfm_core.fileio import ensure_writable_dir, refuse_overwrite
 from btfm_core.logs import setup_logging
@@ -28,11 +28,11 @@ DEFAULT_CHECKPOINT = REPO / "checkpoints" / "btfm_demo.pt"
 
 EPILOG = """examples:
   # WorldCereal crop types, only the samples held out of the demo model's pre-training
-  python -m btfm_eval table --table ../shared/data/pretrain_and_dev_eval/*.parquet \\
-      --class-mapping ../shared/data/pretrain_and_dev_eval/class_mappings.json --mapping-key CROPTYPE28 \\
+  python -m btfm_eval table --table my_data/worldcereal/*.parquet \\
+      --class-mapping my_data/worldcereal/class_mappings.json --mapping-key CROPTYPE28 \\
       --holdout-of-pretraining 0.3 --out build/eval/worldcereal
   # regression on a Presto folder (fuel moisture), k-fold, by-site blocks and the bottom third
-  python -m btfm_eval table --table ../shared/data/presto_regression/fuel_moisture \\
+  python -m btfm_eval table --table my_data/presto/fuel_moisture \\
       --splits spatial,kfold,bottom-third --out build/eval/fuel_moisture
   # a land-cover map: embedding GeoTIFF + label raster, 10 px spatial blocks, tiles for baselines
   python -m btfm_eval map --embeddings run/stitched_representation.tif --labels lulc.tif \\
@@ -80,10 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--title", default=None, help="report title")
     group.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_verbosity(common)
+    add_standard_options(common)
 
-    parser = argparse.ArgumentParser(prog="python -m btfm_eval", description=__doc__, formatter_class=HelpFormatter,
+    parser = argparse.ArgumentParser(prog=prog_name("btfm_eval"), description=__doc__, formatter_class=HelpFormatter,
                                      epilog=EPILOG)
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", metavar="{table,map,prepare-eolearn}")
     table = sub.add_parser("table", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
                            help="per-pixel / per-parcel time-series tables (WorldCereal parquets, Presto folders)")
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("bundle", type=Path, help="eolearn_slovenia_bundle.npz")
     prep.add_argument("--out", type=Path, required=True, help="run folder to create")
     prep.add_argument("--tile-size", type=int, default=50, help="tile side in pixels")
-    add_verbosity(prep)
+    add_standard_options(prep)
     return parser
 
 
