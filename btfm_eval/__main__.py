@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--title", default=None, help="report title")
     group.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--jobs", type=int, default=0,
+                       help="model fits run side by side, one thread each (0: every usable core); same numbers")
     add_standard_options(common)
 
     parser = argparse.ArgumentParser(prog=prog_name("btfm_eval"), description=__doc__, formatter_class=HelpFormatter,
@@ -280,12 +282,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BTFMError(f"--splits {','.join(args.splits)}: choose from {', '.join(SPLITS)}")
     if args.max_samples is not None and args.max_samples < 2:
         raise BTFMError(f"--max-samples must be at least 2, got {args.max_samples}")
+    if args.jobs < 0:
+        raise BTFMError(f"--jobs must be 0 (every usable core) or a positive number of fits, got {args.jobs}")
     data = table_data(args) if args.command == "table" else map_data(args)
     unit = "groups" if "kfold" in args.splits else "blocks"
     if any(s != "bottom-third" for s in args.splits):
         data = drop_rare_classes(data, args.folds, unit)
     config = EvalConfig(splits=tuple(args.splits), folds=args.folds, models=tuple(args.models),
-                        fractions=tuple(args.train_fractions), seed=args.seed, progress=not args.no_progress)
+                        fractions=tuple(args.train_fractions), seed=args.seed, n_jobs=args.jobs,
+                        progress=not args.no_progress)
     result = evaluate(data, config)
     from btfm_eval.report import summary_line, write_outputs
 

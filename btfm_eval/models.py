@@ -1,4 +1,7 @@
-"""The downstream models, as scikit-learn pipelines with fixed seeds."""
+"""The downstream models, as scikit-learn pipelines with fixed seeds.
+
+Each model fits on one thread: :func:`btfm_eval.runner.run_fits` runs fits side by side instead.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +18,13 @@ from sklearn.preprocessing import StandardScaler
 from btfm_eval.dataset import CLASSIFICATION
 from btfm_eval.errors import EvaluationError
 
-N_JOBS = 2
-
 
 def _logreg(seed: int) -> BaseEstimator:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
 
 
 def _rf_classifier(seed: int) -> BaseEstimator:
-    return RandomForestClassifier(n_estimators=200, n_jobs=N_JOBS, random_state=seed)
+    return RandomForestClassifier(n_estimators=200, random_state=seed)
 
 
 def _mlp(seed: int) -> BaseEstimator:
@@ -36,8 +37,7 @@ def _ridge(seed: int) -> BaseEstimator:
 
 
 def _rf_regressor(seed: int) -> BaseEstimator:
-    return RandomForestRegressor(n_estimators=200, max_features=1 / 3, min_samples_leaf=2, n_jobs=N_JOBS,
-                                 random_state=seed)
+    return RandomForestRegressor(n_estimators=200, max_features=1 / 3, min_samples_leaf=2, random_state=seed)
 
 
 #: task -> model name -> factory(seed).
