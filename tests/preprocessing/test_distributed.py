@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,16 +73,22 @@ def test_a_worker_killed_mid_tile_has_its_tile_redone(local_run: tuple[Path, dic
                              *CATALOG, "--dask-local", "2", "--workers", "1", "-q"], cwd=run,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     tiles = run / "retiled_d_pixel"
-    victim = None
-    deadline = time.monotonic() + 120
-    while victim is None and proc.poll() is None and time.monotonic() < deadline:
-        if tiles.is_dir():
-            writing = [p.name for p in tiles.iterdir() if p.name.startswith(".tmp-")]
-            victim = int(writing[0].split(".")[-2]) if writing else None  # .tmp-<tile>.<pid>.<hex>
-        time.sleep(0.002)
-    assert victim is not None, "no tile was seen in progress"
-    os.kill(victim, signal.SIGKILL)
-    _, err = proc.communicate(timeout=180)
+    in_progress = re.compile(r"^\.tmp-\d+_\d+_\d+_\d+\.(\d+)\.")  # .tmp-<tile>.<pid>.<hex>, not other temps
+    try:
+        victim = None
+        deadline = time.monotonic() + 120
+        while victim is None and proc.poll() is None and time.monotonic() < deadline:
+            if tiles.is_dir():
+                pids = [int(m.group(1)) for p in tiles.iterdir() if (m := in_progress.match(p.name))]
+                victim = pids[0] if pids else None
+            time.sleep(0.002)
+        assert victim is not None, "no tile was seen in progress"
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:  # never leave the run writing into the next test's folder
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 0, err
     assert tiles_digest(run) == expected
     assert not [p for p in tiles.rglob("*") if p.name.startswith(".tmp-")]
