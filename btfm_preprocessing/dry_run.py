@@ -73,7 +73,7 @@ class AssetLayout:
 def read_layout(href: str) -> AssetLayout | None:
     """The asset's :class:`AssetLayout` from its header (None: it cannot be opened, e.g. a service that processes)."""
     try:
-        with rasterio.open(href) as src:
+        with gdal_env(), rasterio.open(href) as src:
             height, width = src.block_shapes[0]
             sizes = {}
             for row in range((src.height + height - 1) // height):

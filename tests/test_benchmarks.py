@@ -94,3 +94,18 @@ def test_bench_gpu_on_the_cpu_prints_px_per_second_and_mfu() -> None:
     lines = [line for line in out.splitlines() if "px/s" in line and "MFU" in line]
     assert any("seed" in line for line in lines) and any("ref" in line for line in lines)
     assert sum("ours embed_pixels" in line for line in lines) == 4
+
+
+def test_bench_preprocessing_tiny_prints_the_table_and_the_agreement(tmp_path: Path) -> None:
+    out = _run([sys.executable, "scripts/bench_preprocessing.py", "--scale", "tiny", "--data", str(tmp_path),
+                "--runs", "local,odc"])
+    assert "| run | ROI px | tiles | wall s |" in out
+    assert "| ours, 1 process | 200² | 4 |" in out and "(peer) | 200² |" in out
+    assert "bytes read, ours / odc-stac" in out and "pixel agreement" in out
+    # same-zone reads, the masks and S1 are identical in both readers; cross-zone reads equal the plain bilinear
+    for quantity in ("S2 10 m bands, from 31N granules", "S2 20 m bands, from 31N granules", "S2 valid mask",
+                     "S2 10 m bands, from 32N granules, ours vs plain bilinear",
+                     "S2 20 m bands, from 32N granules, ours vs plain bilinear", "S1 dB codes, VV and VH"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(quantity + ":"))
+        assert " compared, 0 differ " in line and not line.strip().startswith(f"{quantity}: 0 px"), line
+    assert (tmp_path / "tiny" / "manifest.json").is_file()  # the dataset is cached for the next run
