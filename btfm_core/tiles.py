@@ -32,11 +32,12 @@ import rasterio
 from btfm_core.errors import TileFormatError
 from btfm_core.fileio import atomic_path, create_npy
 from btfm_core.grid import Grid
+from btfm_core.run import ROI_FILE
 
 __all__ = ["BANDS_FILE", "DEFAULT_TILE_SIZE", "DOYS_FILE", "EMBEDDING_DIM", "MASKS_FILE", "ORBIT_DIRECTIONS",
-           "ROI_FILE", "RUN_METADATA_FILE", "S1_BANDS", "S2_BANDS", "TileArrays", "TileId", "TileWriter",
-           "check_single_run", "list_tiles", "read_run_metadata", "read_tile", "read_tile_metadata", "sar_doy_file",
-           "sar_file", "tile_bytes", "tile_layout", "write_roi_tiff", "write_run_metadata"]
+           "ROI_FILE", "S1_BANDS", "S2_BANDS", "TileArrays", "TileId", "TileWriter",
+           "check_single_run", "list_tiles", "read_tile", "read_tile_metadata", "sar_doy_file",
+           "sar_file", "tile_bytes", "tile_layout", "write_roi_tiff"]
 
 SCHEMA_VERSION = 1
 DEFAULT_TILE_SIZE = 500
@@ -52,9 +53,7 @@ ORBIT_DIRECTIONS: tuple[str, ...] = ("ascending", "descending")
 BANDS_FILE = "bands.npy"
 MASKS_FILE = "masks.npy"
 DOYS_FILE = "doys.npy"
-ROI_FILE = "roi.tiff"
 TILE_METADATA_FILE = "tile.json"
-RUN_METADATA_FILE = "run_metadata.json"
 
 _TILE_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)$")
 
@@ -416,20 +415,3 @@ class TileWriter:
                 self._ctx.__exit__(type(inner), inner, inner.__traceback__)
                 raise
         self._ctx.__exit__(exc_type, exc, tb)
-
-
-def read_run_metadata(tiles_dir: Path) -> dict[str, Any]:
-    """The run's ``run_metadata.json``, or an empty dict if it is missing or unreadable."""
-    try:
-        data = json.loads((Path(tiles_dir) / RUN_METADATA_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_run_metadata(tiles_dir: Path, metadata: dict[str, Any]) -> Path:
-    """Write the run's ``run_metadata.json`` (sources, backscatter kind, dates) atomically."""
-    path = Path(tiles_dir) / RUN_METADATA_FILE
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(metadata, indent=2, default=str))
-    return path

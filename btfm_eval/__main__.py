@@ -137,7 +137,7 @@ def _subsample_groups(groups: np.ndarray, max_samples: int | None, seed: int) ->
 
 def table_data(args: argparse.Namespace) -> EvalData:
     """Load tables, restrict and subsample them, and compute the feature sets."""
-    from btfm_eval.features import embedding_features, raw_features
+    from btfm_eval.features import embedding_features, raw_band_statistics
     from btfm_eval.tables import is_presto_folder, load_class_mapping, load_presto, load_worldcereal
     from btfm_train.data import group_split
 
@@ -178,7 +178,7 @@ def table_data(args: argparse.Namespace) -> EvalData:
         samples = samples.subset(pick)
     series = samples.series
     feats = embedding_features(series, args.checkpoint, seed=args.seed, untrained=not args.no_untrained)
-    feats["raw"] = raw_features(series)
+    feats["raw"] = raw_band_statistics(series)
     if samples.blocks is not None:
         blocks = samples.blocks.astype(object)
         notes.append("spatial blocks = sites (site.npy)")
@@ -233,10 +233,10 @@ def map_data(args: argparse.Namespace) -> EvalData:
                                            f"(--max-samples {args.max_samples}, seed {args.seed})")
         rows, cols = rows[pick], cols[pick]
     if tiles_dir is not None:
-        from btfm_eval.features import raw_features
+        from btfm_eval.features import raw_band_statistics
 
         series = tile_series(tiles_dir, emap.grid, rows, cols)
-        feats = dict(data.features, raw=raw_features(series))
+        feats = dict(data.features, raw=raw_band_statistics(series))
         if not args.no_untrained and "untrained" not in feats:
             from btfm_eval.features import untrained_like
             from btfm_infer.checkpoint import load_model

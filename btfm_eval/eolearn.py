@@ -21,6 +21,7 @@ import pandas as pd
 from affine import Affine
 
 from btfm_core.grid import Grid
+from btfm_core.run import RunLayout
 from btfm_core.tiles import DOYS_FILE, MASKS_FILE, S2_BANDS, TileWriter, tile_layout, write_roi_tiff
 from btfm_eval.errors import EvaluationError
 
@@ -89,8 +90,8 @@ def prepare_run(bundle_path: Path, out: Path, tile_size: int = 50) -> dict[str, 
     cube, masks, doys = bundle_series(bundle)
     out.mkdir(parents=True, exist_ok=True)
     roi = np.ones(grid.shape, np.uint8)
-    write_roi_tiff(out / "roi.tiff", roi, grid)
-    tiles_dir = out / "retiled_d_pixel"
+    write_roi_tiff(RunLayout(out).roi, roi, grid)
+    tiles_dir = RunLayout(out).tiles_dir
     tiles_dir.mkdir(exist_ok=True)
     meta = {"source": f"eo-learn example bundle {bundle_path.name}", "s2_collection": "S2 L1C (TOA), not L2A",
             "s1": "none"}

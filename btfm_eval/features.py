@@ -55,7 +55,7 @@ def nan_percentiles(data: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
     return out.reshape(len(q), n, bands)
 
 
-def raw_features(data: PixelSeries) -> np.ndarray:
+def raw_band_statistics(data: PixelSeries) -> np.ndarray:
     """The raw-band baseline of a pixel set, like the seed's random-forest features.
 
     Per date: the 10 standardised S2 bands and NDVI (0 where masked) and the standardised S1 VV/VH

@@ -35,6 +35,7 @@ from btfm_core.fileio import check_free_space, disk_full_as_error, ensure_writab
 from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
+from btfm_core.run import RunLayout, RunMetadata, RunRecordError
 from btfm_infer.export_cog import CogExport, scales_path, write_embedding_cog
 from btfm_infer.export_common import INT8_NODATA, CosineStats, band_names, quantise_int8
 from btfm_infer.export_set import (
@@ -56,8 +57,6 @@ from btfm_infer.stac_item import (
     build_provenance,
     checkpoint_info,
     find_inference_model,
-    find_run_metadata,
-    read_run_metadata,
     write_item,
 )
 from btfm_infer.stitch_tiled_representation import open_stitched
@@ -122,9 +121,13 @@ def _provenance(args: argparse.Namespace, npy: Path) -> Provenance:
         meta_path = args.run_metadata.expanduser()
         if not meta_path.is_file():
             raise InputDataError(f"run metadata {meta_path} does not exist; check --run-metadata")
-    elif not args.no_run_metadata:
-        meta_path = find_run_metadata(npy)
-    meta = read_run_metadata(meta_path) if meta_path else None
+    elif not args.no_run_metadata and RunLayout.around(npy).run_metadata_file.is_file():
+        meta_path = RunLayout.around(npy).run_metadata_file
+    try:
+        meta = RunMetadata.read(meta_path) if meta_path else None
+    except RunRecordError as exc:
+        raise InputDataError(f"{exc}; pass --run-metadata with the run_metadata.json of the preprocessing run, "
+                             "or --no-run-metadata") from exc
     if meta_path:
         log.info("provenance from %s", meta_path)
     model = checkpoint_info(args.checkpoint.expanduser()) if args.checkpoint else find_inference_model(npy)
@@ -260,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     height, width, channels = open_stitched(paths.npy, roi).shape  # fail before writing anything
     for path in paths.flags().values():
         ensure_writable_dir(path.parent, f"output folder of {path.name}")
-    log_file = (args.log_file or paths.base.parent / "logs" / "npy2tiff.log").expanduser()
+    log_file = (args.log_file or RunLayout(paths.base.parent).log_file("npy2tiff")).expanduser()
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
     with folder_lock(paths.base.parent, "export"):

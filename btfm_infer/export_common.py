@@ -200,7 +200,7 @@ def overview_factors(height: int, width: int, block_size: int) -> list[int]:
     return factors
 
 
-def sample_indices(size: int, factor: int) -> np.ndarray:
+def overview_source_indices(size: int, factor: int) -> np.ndarray:
     """Source index of each of the ``ceil(size / factor)`` overview pixels: the centre of its cell, clamped."""
     return np.minimum(np.arange(math.ceil(size / factor)) * factor + factor // 2, size - 1)
 
@@ -209,7 +209,7 @@ def iter_blocks(npy_path: str | os.PathLike[str], roi: Roi, rows: int, cols: int
     """Yield the embedding in ``rows`` x ``cols`` blocks, row-major, each with its ROI mask.
 
     With ``factor`` > 1 the blocks tile the nearest-neighbour overview of that decimation
-    factor instead (pixel ``i`` of the overview is pixel :func:`sample_indices` ``[i]``), read
+    factor instead (pixel ``i`` of the overview is pixel :func:`overview_source_indices` ``[i]``), read
     straight from the ``.npy``; ``row0``/``col0`` are then overview pixel offsets. The ``.npy``
     must already be checked against the ROI (``open_stitched``).
     """
@@ -229,7 +229,7 @@ def iter_blocks(npy_path: str | os.PathLike[str], roi: Roi, rows: int, cols: int
 
 def _iter_sampled_blocks(npy_path: Path, roi: Roi, rows: int, cols: int, factor: int) -> Iterator[Block]:
     height, width = roi.grid.shape
-    row_index, col_index = sample_indices(height, factor), sample_indices(width, factor)
+    row_index, col_index = overview_source_indices(height, factor), overview_source_indices(width, factor)
     with rasterio.open(roi.path) as src:
         for row0 in range(0, len(row_index), rows):
             source_rows = row_index[row0:row0 + rows]

@@ -26,7 +26,8 @@ from btfm_core.errors import BTFMError
 from btfm_core.fileio import check_free_space, ensure_writable_dir, remove_stale_temporaries
 from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
-from btfm_core.tiles import TileId, check_single_run, list_tiles, read_run_metadata
+from btfm_core.run import INFERENCE_RECORD_FILE, RunLayout, RunMetadata, finished_run_metadata
+from btfm_core.tiles import TileId, check_single_run, list_tiles
 from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
 from btfm_infer.hardware import PRECISIONS, cpu_description, resolve_precision
@@ -44,7 +45,6 @@ from btfm_infer.progress import (
 )
 from btfm_infer.tile_checks import scan_tiles
 from btfm_infer.tile_inference import (
-    INFERENCE_RECORD,
     InferenceOptions,
     check_or_write_record,
     inference_record,
@@ -368,7 +368,7 @@ def run_in_process(plan: WorkerPlan, model: BTFM, args: argparse.Namespace, opti
         reporter.close()
 
 
-def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]) -> BTFM:
+def load_checked_model(args: argparse.Namespace, run_metadata: RunMetadata | None) -> BTFM:
     """Load ``--checkpoint`` as the driver's check of everything the workers will need.
 
     Recognises the family (logged), decides v1.1 statistics (the checkpoint's own, ``--stats``,
@@ -380,7 +380,7 @@ def load_checked_model(args: argparse.Namespace, run_metadata: dict[str, object]
         BTFMError: ``--dim`` for a family without Matryoshka dimensions, or one it does not list.
     """
     model = load_model(args.checkpoint, "cpu", family=args.model_family, stats=args.stats,
-                       run_s2_source=str(run_metadata.get("source") or "") or None)
+                       run_s2_source=str(run_metadata.get("source", "")) or None if run_metadata else None)
     family, config = model.family, model.config
     if family.stats is None:  # the statistics decided here travel to the workers
         args.stats = model.require_stats().name.removeprefix("v1.1-")
@@ -439,7 +439,7 @@ def embed_pending(args: argparse.Namespace, model: BTFM, tiles: Sequence[TileId]
                       asked_for_gpu=asked_for_gpu)
     except BaseException:
         if wrote_record and not any(args.output_dir.glob("*.npy")):  # a failed first run leaves no record
-            (args.output_dir / INFERENCE_RECORD).unlink(missing_ok=True)
+            (args.output_dir / INFERENCE_RECORD_FILE).unlink(missing_ok=True)
         raise
 
 
@@ -487,9 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.tiles_dir = args.tiles_dir.expanduser().resolve()
-    base = args.tiles_dir.parent
-    args.output_dir = (args.output_dir or base / "representation_retiled").expanduser().resolve()
-    log_dir = (args.log_dir or base / "logs").expanduser().resolve()
+    run = RunLayout(args.tiles_dir.parent)
+    args.output_dir = (args.output_dir or run.representation_dir).expanduser().resolve()
+    log_dir = (args.log_dir or run.logs_dir).expanduser().resolve()
     setup_logging(None, args.verbosity)
     split = parse_split(args.cpu_gpu_split)
     asked_for_gpu = args.max_gpu is not None
@@ -510,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tiles = list_tiles(args.tiles_dir)
     check_single_run(args.tiles_dir, tiles)  # tiles of two preprocessing runs never make one map
     # fail before creating anything on a missing or foreign checkpoint, undecided statistics or a bad --dim
-    model = load_checked_model(args, read_run_metadata(args.tiles_dir))
+    model = load_checked_model(args, finished_run_metadata(args.tiles_dir))
     ensure_writable_dir(args.output_dir, "output folder (--output-dir)")
     ensure_writable_dir(log_dir, "log folder (--log-dir)")
     setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)

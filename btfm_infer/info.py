@@ -29,20 +29,17 @@ from btfm_core.errors import InputDataError, InvalidROIError, TileFormatError
 from btfm_core.grid import Grid
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
-from btfm_core.tiles import DEFAULT_TILE_SIZE, ROI_FILE, TileId, list_tiles, read_run_metadata, tile_layout
-from btfm_infer.stac_item import REPRESENTATION_DIRNAME, TILES_DIRNAME
-from btfm_infer.stitch_tiled_representation import DEFAULT_OUT_NAME, record_path
+from btfm_core.run import REPRESENTATION_DIRNAME, ROI_FILE, TILES_DIRNAME, InferenceRecord, RunLayout, RunRecordError
+from btfm_core.tiles import DEFAULT_TILE_SIZE, TileId, list_tiles, tile_layout
+from btfm_infer.stitch_tiled_representation import record_path
 
-__all__ = ["INFERENCE_RECORD", "main"]
+__all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
-#: The inference record in ``representation_retiled/`` (``btfm_infer.tile_inference.INFERENCE_RECORD``,
-#: not imported: that module imports torch).
-INFERENCE_RECORD = "inference.json"
 #: Tile names listed in the text summary before "... and N more".
 MAX_LISTED = 12
-_RUN_PARTS = (TILES_DIRNAME, REPRESENTATION_DIRNAME, DEFAULT_OUT_NAME)
+_RUN_PARTS = (TILES_DIRNAME, REPRESENTATION_DIRNAME, RunLayout(Path()).stitched_npy.name)
 
 
 def grid_summary(grid: Grid) -> dict[str, Any]:
@@ -99,8 +96,10 @@ def _run_roi(run_dir: Path, meta: dict[str, Any]) -> tuple[Roi | None, str | Non
 
 def describe_run(run_dir: Path) -> dict[str, Any]:
     """Summary of a run folder (see the module doc)."""
-    tiles_dir, rep_dir = run_dir / TILES_DIRNAME, run_dir / REPRESENTATION_DIRNAME
-    meta = read_run_metadata(tiles_dir)
+    run = RunLayout(run_dir)
+    tiles_dir, rep_dir = run.tiles_dir, run.representation_dir
+    recorded = run.run_metadata(strict=False)
+    meta = recorded.to_json() if recorded else {}
     roi, roi_problem = _run_roi(run_dir, meta)
     summary: dict[str, Any] = {"kind": "run", "path": str(run_dir)}
     summary["roi"] = ({"path": str(roi.path), **grid_summary(roi.grid), "inside_pixels": roi.inside_pixels}
@@ -108,7 +107,7 @@ def describe_run(run_dir: Path) -> dict[str, Any]:
     summary["preprocessing"] = preprocessing_summary(meta) if meta else {"problem": f"no readable "
                                                                          f"{TILES_DIRNAME}/run_metadata.json"}
     summary["tiles"] = tiles_summary(tiles_dir, rep_dir, roi, meta)
-    summary["inference"] = inference_summary(rep_dir / INFERENCE_RECORD)
+    summary["inference"] = inference_summary(run.inference_record_file)
     summary["outputs"] = outputs_summary(run_dir)
     return summary
 
@@ -181,11 +180,10 @@ def _is_tile_name(name: str) -> bool:
 def inference_summary(path: Path) -> dict[str, Any]:
     """Family, checkpoint (name, sha256), dimensions and sampling settings of an inference record."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = InferenceRecord.read(path)
+    except RunRecordError:
         return {"problem": f"no readable {path.parent.name}/{path.name} (inference has not run here)"}
-    recorded_model = record.get("model")
-    model: dict[str, Any] = recorded_model if isinstance(recorded_model, dict) else {}
+    model = dict(record.model)
     recorded_config = model.get("config")
     config: dict[str, Any] = recorded_config if isinstance(recorded_config, dict) else {}
     dims = {k: config[k] for k in ("d_model", "num_layers", "nhead", "dim_feedforward") if k in config}
@@ -193,7 +191,7 @@ def inference_summary(path: Path) -> dict[str, Any]:
             "checkpoint": model.get("name"), "sha256": model.get("sha256"), "size_bytes": model.get("size_bytes"),
             "embedding_dim": model.get("embedding_dim"), "stats": model.get("stats"),
             "input_rule": model.get("input_rule"), "int8_rule": model.get("int8_rule"), "model_dims": dims,
-            "seed": record.get("seed"), "repeat": record.get("repeat"), "precision": record.get("precision")}
+            "seed": record.seed, "repeat": record.repeat, "precision": record.precision}
 
 
 def _file_kind(path: Path) -> str | None:
@@ -206,7 +204,7 @@ def _file_kind(path: Path) -> str | None:
 
 def outputs_summary(run_dir: Path) -> dict[str, Any]:
     """The stitched map (shape from its record) and every export file in the run folder."""
-    stitched = run_dir / DEFAULT_OUT_NAME
+    stitched = RunLayout(run_dir).stitched_npy
     out: dict[str, Any] = {"stitched": None}
     if stitched.is_file():
         out["stitched"] = {"path": stitched.name, "record": record_path(stitched).is_file(),

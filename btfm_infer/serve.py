@@ -57,6 +57,7 @@ from btfm_core.errors import BTFMError, InputDataError
 from btfm_core.grid import Grid
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
+from btfm_core.run import RunLayout
 from btfm_infer.export_common import INT8_NODATA
 from btfm_infer.quicklook import (
     DEFAULT_MAX_SIZE,
@@ -79,7 +80,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE = "explorer.html"
-NPY_NAME = "stitched_representation.npy"
+NPY_NAME = RunLayout(Path()).stitched_npy.name
 ROI_NAME = "roi.tiff"
 WEB_MERCATOR = "EPSG:3857"
 OSM_ATTRIBUTION = "&copy; OpenStreetMap contributors"

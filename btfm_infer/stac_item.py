@@ -45,19 +45,18 @@ from rasterio.warp import transform as transform_points
 from btfm_core.errors import CheckpointError, InputDataError
 from btfm_core.fileio import atomic_path, file_digest
 from btfm_core.grid import Grid
-from btfm_core.tiles import RUN_METADATA_FILE, S1_BANDS, S2_BANDS
+from btfm_core.run import RunLayout, RunMetadata, RunRecordError
+from btfm_core.tiles import S1_BANDS, S2_BANDS
 from btfm_infer.export_common import band_names
 from btfm_infer.families import FAMILIES, STATS, Family, NormStats
 from btfm_infer.sampling import SEQ_LEN
 
-__all__ = ["REPRESENTATION_DIRNAME", "TILES_DIRNAME", "AssetSpec", "Provenance", "build_item", "build_provenance",
-           "checkpoint_info", "file_fields", "find_inference_model", "find_run_metadata", "lonlat_outline",
-           "mlm_properties", "parse_period", "read_run_metadata", "sha256_multihash", "write_item"]
+__all__ = ["AssetSpec", "Provenance", "build_item", "build_provenance",
+           "checkpoint_info", "file_fields", "find_inference_model", "lonlat_outline",
+           "mlm_properties", "parse_period", "sha256_multihash", "write_item"]
 
 log = logging.getLogger(__name__)
 
-#: Folder of the preprocessing tiles in a run folder (holds ``run_metadata.json``).
-TILES_DIRNAME = "retiled_d_pixel"
 #: Keys of ``run_metadata.json`` copied into the outputs' provenance (no local paths).
 SOURCE_KEYS = ("source", "root", "s2_collection", "s1_source", "s1_collection", "s1_backscatter",
                "s1_backscatter_recorded", "s2_period", "s1_period", "max_cloud", "s2_scenes", "s1_scenes")
@@ -128,42 +127,17 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-#: Folder of the per-tile embeddings in a run folder (holds ``inference.json``).
-REPRESENTATION_DIRNAME = "representation_retiled"
-
-
-def find_run_metadata(npy_path: str | os.PathLike[str]) -> Path | None:
-    """The preprocessing run's metadata beside a stitched ``.npy``, if there is one."""
-    path = Path(npy_path).parent / TILES_DIRNAME / RUN_METADATA_FILE
-    return path if path.is_file() else None
-
-
 def find_inference_model(npy_path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Model and sampling settings recorded by ``infer_all_tiles`` in ``representation_retiled/``
-    beside a stitched ``.npy`` (checkpoint name, sha256, dims, seed, repeat, precision), or None."""
-    from btfm_infer.tile_inference import read_inference_record
-
-    record = read_inference_record(Path(npy_path).parent / REPRESENTATION_DIRNAME)
-    if not record or not isinstance(record.get("model"), dict):
-        return None
-    return {**record["model"], **{k: record[k] for k in ("seed", "repeat", "precision") if k in record}}
-
-
-def read_run_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``run_metadata.json``.
-
-    Raises:
-        InputDataError: if it is missing or not a JSON object.
-    """
-    path = Path(path)
+    """Model and sampling settings recorded by ``infer_all_tiles`` in the run folder of a stitched
+    ``.npy`` (checkpoint name, sha256, dims, seed, repeat, precision), or None."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputDataError(f"run metadata {path} is not readable JSON ({exc}); pass --run-metadata with "
-                             "the run_metadata.json of the preprocessing run, or --no-run-metadata") from exc
-    if not isinstance(data, dict):
-        raise InputDataError(f"run metadata {path} holds a {type(data).__name__}, expected a JSON object")
-    return data
+        record = RunLayout.around(npy_path).inference_record()
+    except RunRecordError as exc:
+        log.warning("provenance: %s; the model is not recorded", exc)
+        return None
+    if record is None:
+        return None
+    return {**record.model, "seed": record.seed, "repeat": record.repeat, "precision": record.precision}
 
 
 def parse_period(text: str) -> tuple[dt.datetime, dt.datetime]:
@@ -200,13 +174,13 @@ def checkpoint_info(path: str | os.PathLike[str], stats: str | None = None, dim:
     return model_record(path, load_model(path, "cpu", stats=stats), dim)
 
 
-def build_provenance(run_metadata: Mapping[str, Any] | None = None,
+def build_provenance(run_metadata: RunMetadata | Mapping[str, Any] | None = None,
                      model: Mapping[str, Any] | None = None) -> Provenance:
     """Provenance from a run's metadata and a :func:`checkpoint_info` dict (either may be None).
 
     The period spans the S2 and S1 periods recorded by preprocessing.
     """
-    meta = dict(run_metadata or {})
+    meta = run_metadata.to_json() if isinstance(run_metadata, RunMetadata) else dict(run_metadata or {})
     sources = {k: meta[k] for k in SOURCE_KEYS if k in meta}
     root = sources.get("root")
     if isinstance(root, str) and "://" not in root:  # a local catalog: its name, not this machine's path

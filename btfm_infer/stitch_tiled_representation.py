@@ -17,7 +17,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -36,13 +35,14 @@ from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
 from btfm_core.progress import progress
 from btfm_core.roi import Roi, open_roi
+from btfm_core.run import INFERENCE_RECORD_FILE, STITCHED_STEM, InferenceRecord, RunLayout, RunRecordError
 from btfm_core.tiles import EMBEDDING_DIM, TileId, check_single_run, list_tiles
 
 __all__ = ["DEFAULT_OUT_NAME", "StitchSummary", "main", "open_stitched", "read_npy_window", "record_path", "stitch"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT_NAME = "stitched_representation.npy"
+DEFAULT_OUT_NAME = f"{STITCHED_STEM}.npy"
 #: Bytes of tile data copied per step (bounds the working set of the copy loop).
 _COPY_BYTES = 32 * 2**20
 #: At most this many tile names are listed in an error message.
@@ -130,13 +130,12 @@ def check_tile_file(path: Path, roi_shape: tuple[int, int], dim: int | None = EM
 
 def _expected_dim(representation_dir: Path, paths: Sequence[Path]) -> int:
     """Embedding length all tiles must share: the inference record's, else the most common one."""
-    from btfm_infer.tile_inference import read_inference_record
-
-    record = read_inference_record(representation_dir) or {}
-    recorded = record.get("model")
-    model: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
-    if isinstance(model.get("embedding_dim"), int):
-        return int(model["embedding_dim"])
+    try:
+        record = InferenceRecord.read(representation_dir / INFERENCE_RECORD_FILE)
+    except RunRecordError:
+        record = None
+    if record is not None and isinstance(record.model.get("embedding_dim"), int):
+        return int(record.model["embedding_dim"])
     dims: list[int] = []
     for path in paths:
         try:
@@ -416,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         expected = list_tiles(args.tiles_dir.expanduser())
         check_single_run(args.tiles_dir.expanduser(), expected)
     ensure_writable_dir(out_dir, "output folder (--out-dir)")
-    log_file = (args.log_file or out_dir / "logs" / "stitch.log").expanduser()
+    log_file = (args.log_file or RunLayout(out_dir).log_file("stitch")).expanduser()
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
     with folder_lock(out_dir, "stitch"):

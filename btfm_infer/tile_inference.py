@@ -6,7 +6,6 @@ not the tile's number of dates times its area.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -20,13 +19,14 @@ import torch
 
 from btfm_core.errors import BTFMError, InputDataError
 from btfm_core.fileio import atomic_path, create_npy, file_digest
+from btfm_core.run import INFERENCE_RECORD_FILE, InferenceRecord, RunRecordError
 from btfm_core.tiles import EMBEDDING_DIM, TileArrays, TileId, read_tile
 from btfm_infer.embed import embed_pixels
 
 if TYPE_CHECKING:
     from btfm_infer.onnx_engine import EngineModel
 
-__all__ = ["INFERENCE_RECORD", "InferenceOptions", "check_or_write_record", "infer_tile", "inference_record",
+__all__ = ["InferenceOptions", "check_or_write_record", "infer_tile", "inference_record",
            "model_record", "output_dim", "read_inference_record", "representation_path"]
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,6 @@ class InferenceOptions:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
-#: What made the tiles of a representation folder (checkpoint and sampling settings), written by
-#: ``infer_all_tiles`` before any tile and read by the export's provenance.
-INFERENCE_RECORD = "inference.json"
-
-
 def model_summary(checkpoint: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, Any]:
     """Name, sha256, size and model dimensions of a checkpoint, as recorded in provenance."""
     path = Path(checkpoint)
@@ -90,7 +85,7 @@ def output_dim(model: EngineModel, options: InferenceOptions) -> int:
     return options.dim or int(model.embedding_dim)
 
 
-def inference_record(checkpoint: Path, model: EngineModel, options: InferenceOptions) -> dict[str, Any]:
+def inference_record(checkpoint: Path, model: EngineModel, options: InferenceOptions) -> InferenceRecord:
     """The record of an inference run: what decides the embeddings' values (not batch size or engine).
 
     Besides the checkpoint it names the family, the statistics set, the input rule, the
@@ -99,30 +94,12 @@ def inference_record(checkpoint: Path, model: EngineModel, options: InferenceOpt
     """
     family = model.family
     not_applicable = "not applicable"
-    return {"model": model_record(checkpoint, model, output_dim(model, options)),
-            "seed": options.seed if family.randomised else not_applicable,
-            "repeat": options.repeat if family.randomised else not_applicable,
-            "precision": options.precision}
+    return InferenceRecord(model_record(checkpoint, model, output_dim(model, options)),
+                           options.seed if family.randomised else not_applicable,
+                           options.repeat if family.randomised else not_applicable, options.precision)
 
 
-def _record_difference(previous: Any, record: dict[str, Any]) -> str:
-    """What differs between two inference records, as ``key: before -> now`` (a few)."""
-    if not isinstance(previous, dict):
-        return "the record there is unreadable"
-
-    def flat(rec: dict[str, Any]) -> dict[str, Any]:
-        recorded = rec.get("model")
-        model: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
-        keys = ("name", "sha256", "family", "embedding_dim", "stats")
-        sampling = {k: rec.get(k) for k in ("seed", "repeat", "precision")}
-        return {**{f"model {k}": model.get(k) for k in keys}, **sampling}
-
-    before, now = flat(previous), flat(record)
-    changes = [f"{k}: {before[k]} -> {now[k]}" for k in now if before[k] != now[k]]
-    return "; ".join(changes[:3]) or "settings differ"
-
-
-def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> bool:
+def check_or_write_record(output_dir: Path, record: InferenceRecord) -> bool:
     """Write ``record`` into ``output_dir``, or check it against the one already there.
 
     Returns:
@@ -132,33 +109,32 @@ def check_or_write_record(output_dir: Path, record: dict[str, Any]) -> bool:
         BTFMError: the folder holds tiles made with another checkpoint or sampling settings, which
             a resumed run would silently mix with the new ones.
     """
-    path = Path(output_dir) / INFERENCE_RECORD
+    path = Path(output_dir) / INFERENCE_RECORD_FILE
     if path.is_file():
         try:
-            previous = json.loads(path.read_text())
-        except ValueError:
+            previous: InferenceRecord | None = InferenceRecord.read(path)
+        except RunRecordError:
             previous = None
-        if previous == record:
+        if previous is not None and previous.same_embeddings(record):
             return False
         if previous is not None or any(Path(output_dir).glob("*.npy")):
+            change = record.differences(previous) if previous else "the record there is unreadable"
             raise BTFMError(f"{output_dir} holds embeddings made with another checkpoint or --seed/--repeat/"
-                            f"--precision/--dim/--stats/family ({_record_difference(previous, record)}; see "
-                            f"{path.name}); use another --output-dir, or delete the folder to start again")
+                            f"--precision/--dim/--stats/family ({change}; see {path.name}); use another "
+                            "--output-dir, or delete the folder to start again")
     elif any(Path(output_dir).glob("*.npy")):
         log.warning("%s has tiles but no %s (made by an older version?); recording this run's settings",
-                    output_dir, INFERENCE_RECORD)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
+                    output_dir, path.name)
+    record.write(path)
     return True
 
 
-def read_inference_record(output_dir: Path) -> dict[str, Any] | None:
-    """The record of the run that made ``output_dir``'s tiles, or None."""
+def read_inference_record(output_dir: Path) -> InferenceRecord | None:
+    """The record of the run that made ``output_dir``'s tiles, or None (none there, or unreadable)."""
     try:
-        data = json.loads((Path(output_dir) / INFERENCE_RECORD).read_text())
-    except (OSError, ValueError):
+        return InferenceRecord.read(Path(output_dir) / INFERENCE_RECORD_FILE)
+    except RunRecordError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def rows_per_block(width: int, n_s2: int, n_s1: int, d_model: int = 0) -> int:

@@ -36,14 +36,13 @@ from btfm_core.grid import Grid
 from btfm_core.logs import setup_logging
 from btfm_core.progress import progress
 from btfm_core.roi import Roi, open_roi
+from btfm_core.run import ROI_FILE, TILES_DIRNAME, RunLayout
 from btfm_core.tiles import (
     DEFAULT_TILE_SIZE,
-    ROI_FILE,
     TileArrays,
     TileId,
     check_single_run,
     list_tiles,
-    read_run_metadata,
     read_tile,
     read_tile_metadata,
     tile_layout,
@@ -51,8 +50,6 @@ from btfm_core.tiles import (
 
 log = logging.getLogger(__name__)
 
-#: Tile folders of a run (``btfm_preprocessing.pipeline.TILES_DIRNAME``; that module imports the sources).
-TILES_DIRNAME = "retiled_d_pixel"
 COVERAGE_NAME = "coverage.tif"
 #: Band keys (PNG names) and GeoTIFF band descriptions, in band order.
 BANDS: tuple[tuple[str, str], ...] = (
@@ -111,7 +108,8 @@ def find_roi(run_dir: Path, roi_path: Path | None = None) -> Roi:
     """
     if roi_path is not None:
         return open_roi(roi_path)
-    recorded = read_run_metadata(run_dir / TILES_DIRNAME).get("roi")
+    metadata = RunLayout(run_dir).run_metadata(strict=False)
+    recorded = metadata.roi if metadata else None
     for candidate in (run_dir / ROI_FILE, Path(recorded) if isinstance(recorded, str) else None):
         if candidate is not None and candidate.is_file():
             return open_roi(candidate)
@@ -200,7 +198,7 @@ def write_coverage(run_dir: Path, out_dir: Path, roi: Roi | None = None, overwri
         BTFMError: an output exists and ``overwrite`` is false.
         DiskFullError: the GeoTIFF would not fit.
     """
-    tiles_dir = run_dir / TILES_DIRNAME
+    tiles_dir = RunLayout(run_dir).tiles_dir
     tiles = list_tiles(tiles_dir)
     check_single_run(tiles_dir, tiles)
     roi = roi or find_roi(run_dir)
@@ -210,7 +208,8 @@ def write_coverage(run_dir: Path, out_dir: Path, roi: Roi | None = None, overwri
         refuse_overwrite(path, overwrite, "--out-dir")
     ensure_writable_dir(out_dir, "coverage output folder (--out-dir)")
     check_free_space(out_dir, roi.grid.width * roi.grid.height * 2 * len(BANDS), "the coverage GeoTIFF (uncompressed)")
-    tile_size = int(read_run_metadata(tiles_dir).get("tile_size") or max(max(t.shape) for t in tiles)
+    metadata = RunLayout(run_dir).run_metadata(strict=False)
+    tile_size = int((metadata.tile_size if metadata else None) or max(max(t.shape) for t in tiles)
                     or DEFAULT_TILE_SIZE)
     with atomic_path(tif) as tmp:
         maxima = _write_counts(tiles_dir, tiles, roi, tmp, tile_size)
@@ -262,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "first, or pass the folder given to it as --data-dir")
     out_dir = (args.out_dir or run_dir).expanduser()
     roi = find_roi(run_dir, args.roi.expanduser() if args.roi else None)
-    log_file = (args.log_file or out_dir / "logs" / "coverage.log").expanduser()
+    log_file = (args.log_file or RunLayout(out_dir).log_file("coverage")).expanduser()
     ensure_writable_dir(log_file.parent, "log folder (--log-file)")
     setup_logging(log_file, args.verbosity)
     result = write_coverage(run_dir, out_dir, roi, overwrite=args.overwrite)

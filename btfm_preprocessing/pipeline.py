@@ -30,15 +30,13 @@ from btfm_core.logs import setup_logging
 from btfm_core.progress import progress
 from btfm_core.redact import redact_values
 from btfm_core.roi import Roi, open_roi
+from btfm_core.run import RunLayout, RunMetadata
 from btfm_core.tiles import (
     DEFAULT_TILE_SIZE,
     ORBIT_DIRECTIONS,
-    RUN_METADATA_FILE,
     TileId,
-    read_run_metadata,
     tile_bytes,
     tile_layout,
-    write_run_metadata,
 )
 from btfm_preprocessing.checks import check_flags, unobserved_line, warn_unobserved
 from btfm_preprocessing.dry_run import plan_report
@@ -71,8 +69,6 @@ from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
-TILES_DIRNAME = "retiled_d_pixel"
-CACHE_DIRNAME = "cache"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CATALOG = REPO_ROOT / "data" / "demo_belgium" / "catalog.json"
 
@@ -106,15 +102,20 @@ class PreprocessSettings:
     environment: SourceEnvironment = dataclasses.field(default_factory=SourceEnvironment)
 
     @property
+    def layout(self) -> RunLayout:
+        """The run folder's paths."""
+        return RunLayout(self.data_dir)
+
+    @property
     def tiles_dir(self) -> Path:
         """Where tile folders go."""
-        return self.data_dir / TILES_DIRNAME
+        return self.layout.tiles_dir
 
     @property
     def source_options(self) -> SourceOptions:
         """What the sources are told (roots, collection, cache folder, parallel requests, cloud limit, environment)."""
         return SourceOptions(catalog=self.catalog, s1_catalog=self.s1_catalog, s2_collection=self.s2_collection,
-                             work_dir=self.data_dir / CACHE_DIRNAME / self.s1_source, workers=self.workers,
+                             work_dir=self.layout.cache_dir / self.s1_source, workers=self.workers,
                              max_cloud=self.max_cloud, environment=self.environment)
 
     @property
@@ -246,7 +247,7 @@ def _scene_from_json(data: dict[str, object]) -> Scene:
 def search_scenes(settings: PreprocessSettings, s2_source: S2Source,
                   s1_source: S1Source) -> tuple[list[Scene], list[Scene]]:
     """Search S2 and S1 scenes once per run; the result is cached so a resumed run skips it."""
-    cache = settings.data_dir / CACHE_DIRNAME / f"search-{settings.run_key}.json"
+    cache = settings.layout.cache_dir / f"search-{settings.run_key}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())
         log.info("reusing search results from %s", cache)
@@ -395,20 +396,21 @@ def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: 
 def finish_run(settings: PreprocessSettings, provenance: dict[str, object], s2_scenes: Sequence[Scene],
                s1_scenes: Sequence[Scene]) -> None:
     """Write ``run_metadata.json`` (every tile is done) and remove the caches unless asked to keep them."""
-    write_run_metadata(settings.tiles_dir, {
-        **provenance,
-        "run_key": settings.run_key,
-        "roi": str(settings.roi.path),
-        "s2_period": str(settings.s2_period),
-        "s1_period": str(settings.s1_period),
-        "max_cloud": settings.max_cloud,
-        "tile_size": settings.tile_size,
-        "s2_scenes": len(s2_scenes),
-        "s1_scenes": len(s1_scenes),
-        "s1_backscatter_recorded": sorted({str(s.properties.get("btfm:backscatter", "unknown")) for s in s1_scenes}),
-        "s2_notes": sorted({f"B8A from {s.properties['btfm:b8a_substitute']}" for s in s2_scenes
-                            if "btfm:b8a_substitute" in s.properties}),
-    })
+    RunMetadata(
+        run_key=settings.run_key,
+        roi=str(settings.roi.path),
+        s2_period=str(settings.s2_period),
+        s1_period=str(settings.s1_period),
+        max_cloud=settings.max_cloud,
+        tile_size=settings.tile_size,
+        s2_scenes=len(s2_scenes),
+        s1_scenes=len(s1_scenes),
+        s1_backscatter_recorded=tuple(sorted({str(s.properties.get("btfm:backscatter", "unknown"))
+                                              for s in s1_scenes})),
+        s2_notes=tuple(sorted({f"B8A from {s.properties['btfm:b8a_substitute']}" for s in s2_scenes
+                               if "btfm:b8a_substitute" in s.properties})),
+        sources=provenance,
+    ).write(settings.layout.run_metadata_file)
 
 
 def run(settings: PreprocessSettings) -> RunSummary:
@@ -463,7 +465,8 @@ def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCou
         return summary
     # Everything done by an earlier run of these settings (tiles and run metadata): nothing to
     # prepare, and the metadata it wrote (from prepared scenes) stays as it is.
-    finished = not pending and read_run_metadata(settings.tiles_dir).get("run_key") == settings.run_key
+    recorded = settings.layout.run_metadata(strict=False) if not pending else None
+    finished = recorded is not None and recorded.run_key == settings.run_key
     if not finished and s1_scenes:
         s1_scenes = s1_source.prepare_s1(s1_scenes, settings.roi.grid)
     s2_days = group_by_day(s2_scenes)
@@ -480,11 +483,11 @@ def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCou
                 summary, client, (s2_source, s1_source), traffic)
     warn_unobserved(summary.valid_counts)
     if finished:
-        log.info("all tiles were already done; %s kept as it is", settings.tiles_dir / RUN_METADATA_FILE)
+        log.info("all tiles were already done; %s kept as it is", settings.layout.run_metadata_file)
     else:
         finish_run(settings, provenance, s2_scenes, s1_scenes)
     if not settings.keep_intermediate:
-        shutil.rmtree(settings.data_dir / CACHE_DIRNAME, ignore_errors=True)
+        shutil.rmtree(settings.layout.cache_dir, ignore_errors=True)
     return summary
 
 
@@ -496,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args)
     ensure_writable_dir(settings.data_dir, "run folder (--data-dir)")
     if not settings.dry_run:  # a dry run writes nothing but the search cache
-        setup_logging(args.log_file or settings.data_dir / "logs" / "preprocess.log", args.verbosity)
+        setup_logging(args.log_file or settings.layout.log_file("preprocess"), args.verbosity)
     with folder_lock(settings.data_dir, "preprocessing"):
         summary = run(settings)
     if settings.dry_run:

@@ -20,7 +20,7 @@ from btfm_infer.checkpoint import save_checkpoint
 from btfm_infer.model import BTFM, DEMO, OFFICIAL, ModelConfig
 from btfm_train.barlow import TrainConfig, config_dict, train
 from btfm_train.data import PixelSeries, concat, group_split, load_tiles, load_worldcereal_long, load_worldcereal_wide
-from btfm_train.probe import embed_series, linear_probe, probe_split, raw_features
+from btfm_train.probe import embed_series, linear_probe, probe_split, raw_band_series
 
 log = logging.getLogger("btfm_train")
 CONFIGS = {"demo": DEMO, "official": OFFICIAL}
@@ -135,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     model.cpu()
     trained = probe(model, cfg.steps)
-    raw = linear_probe(raw_features(probe_train), probe_train.labels, raw_features(probe_test), probe_test.labels) \
-        if len(probe_test) else None
+    raw = linear_probe(raw_band_series(probe_train), probe_train.labels, raw_band_series(probe_test),
+                       probe_test.labels) if len(probe_test) else None
     report = {
         "data": {"tables": [p.name for p in args.table], "tiles_dirs": [d.name for d in args.tiles_dir],
                  "pretrain_pixels": len(pretrain), "probe_train": len(probe_train), "probe_test": len(probe_test),

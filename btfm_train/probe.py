@@ -35,7 +35,7 @@ def embed_series(model: BTFM, data: PixelSeries, seed: int = 0, repeat: int = 1)
                         np.zeros((n, 0), np.int32), seed=seed, repeat=repeat)
 
 
-def raw_features(data: PixelSeries) -> np.ndarray:
+def raw_band_series(data: PixelSeries) -> np.ndarray:
     """Standardised per-date S2 bands (0 where masked) and S1 bands, flattened: the raw-band baseline."""
     s2 = (data.s2_bands.astype(np.float32) - S2_MEAN) / S2_STD * data.s2_masks[..., None]
     s1 = np.where(data.s1 != 0, (data.s1.astype(np.float32) - S1_MEAN) / S1_STD, 0)

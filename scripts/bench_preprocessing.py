@@ -45,6 +45,7 @@ from btfm_core.errors import BTFMError
 from btfm_core.grid import Grid
 from btfm_core.loopback import LoopbackServer
 from btfm_core.roi import open_roi
+from btfm_core.run import RunLayout
 from btfm_core.tiles import S2_BANDS, TileId, read_tile, read_tile_metadata
 from btfm_preprocessing.encoding import encode_s1_db, harmonise_reflectance, has_boa_offset, scl_valid_mask
 from btfm_preprocessing.mosaic import S2Granule, mosaic_s2
@@ -59,8 +60,10 @@ ROI_ZONE = "31N"
 #: run name -> (label, ROI area factor, pipeline flags); "odc" is the peer.
 RUNS: dict[str, tuple[str, int, list[str]]] = {
     "local": ("ours, 1 process", 1, []),
-    "dask1": ("ours, --dask-local 1", 1, ["--dask-local", "1"]),
-    "dask2": ("ours, --dask-local 2", 1, ["--dask-local", "2"]),
+    # one read thread per worker: a process with --workers 4 already keeps both cores of our machine busy, so
+    # the scaling from 1 to 2 workers is measured with workers that use one core each
+    "dask1": ("ours, --dask-local 1 --workers 1", 1, ["--dask-local", "1", "--workers", "1"]),
+    "dask2": ("ours, --dask-local 2 --workers 1", 1, ["--dask-local", "2", "--workers", "1"]),
     "area4": ("ours, 1 process, 4x area", 4, []),
     "odc": (f"odc-stac {version('odc-stac')} (peer)", 1, []),
 }
@@ -185,10 +188,10 @@ def run_ours(name: str, scale: data.Scale, catalog: Path, work: Path, server: Lo
                "--source", "local", "--catalog", str(catalog), "--tile-size", str(scale.tile_px),
                "--workers", str(workers), "-q", *flags]
     done = run_measured(command, server, folder / "stdout.log")
-    text = (folder / "logs" / "preprocess.log").read_text()
+    text = RunLayout(folder).log_file("preprocess").read_text()
     workers_rss = [float(mb) for mb in re.findall(r"; worker \S+: (\d+) MB", text)] or [done.peak_rss_mb]
     network = re.findall(r"read over the network: ([\d.]+) MB", text)
-    tiles = folder / "retiled_d_pixel"
+    tiles = RunLayout(folder).tiles_dir
     return Row(label, scale.roi_window(area)[2], len(list(tiles.glob("*_*_*_*"))), done,
                pipeline_steps(text, done.epoch, done.wall_s), workers_rss, dir_bytes(tiles),
                int(float(network[-1]) * 1e6) if network else None)
@@ -351,21 +354,27 @@ class Peer:
     hrefs: dict[str, dict[str, str]]  # S2 item id -> band key -> local path of its COG (for the arbiter)
 
 
+def source_coordinates(path: str, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+    """Band 1 of the COG at ``path`` (float64) and the exact (column, row) in it of every pixel centre of
+    ``grid`` (pyproj, no approximation), and the band's nodata."""
+    with rasterio.open(path) as src:
+        source, src_transform, src_crs, nodata = src.read(1).astype(np.float64), src.transform, src.crs, src.nodata
+    cols, rows = np.meshgrid(np.arange(grid.width) + 0.5, np.arange(grid.height) + 0.5)
+    x, y = Transformer.from_crs(grid.rasterio_crs, src_crs, always_xy=True).transform(*(grid.transform * (cols, rows)))
+    col, row = ~src_transform * (x, y)
+    return source, np.asarray(col), np.asarray(row), nodata
+
+
 def plain_bilinear(path: str, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """The arbiter of a cross-CRS read: band 1 of the COG at ``path`` at the pixel centres of ``grid``
-    by the plain 2 x 2 bilinear at pyproj's exact coordinates, rounded like GDAL (floor(v + 0.5)).
+    """The arbiter of a cross-CRS read: the plain 2 x 2 bilinear at exact coordinates, rounded like
+    GDAL (floor(v + 0.5)).
 
     Returns:
         (H, W) uint16 values and (H, W) bool: where all four neighbours are data (elsewhere GDAL
         re-weights the valid ones, which the comparison leaves out).
     """
-    with rasterio.open(path) as src:
-        source, src_transform, src_crs, nodata = src.read(1).astype(np.float64), src.transform, src.crs, src.nodata
-    cols, rows = np.meshgrid(np.arange(grid.width) + 0.5, np.arange(grid.height) + 0.5)
-    x, y = grid.transform * (cols, rows)
-    x, y = Transformer.from_crs(grid.rasterio_crs, src_crs, always_xy=True).transform(x, y)
-    col, row = ~src_transform * (x, y)
-    col, row = col - 0.5, row - 0.5  # from pixel-centre to array-index coordinates
+    source, col, row, nodata = source_coordinates(path, grid)
+    col, row = col - 0.5, row - 0.5  # from pixel-edge to pixel-centre coordinates
     c0, r0 = np.floor(col).astype(np.int64), np.floor(row).astype(np.int64)
     inside = (c0 >= 0) & (r0 >= 0) & (c0 + 1 < source.shape[1]) & (r0 + 1 < source.shape[0])
     c0, r0 = np.clip(c0, 0, source.shape[1] - 2), np.clip(r0, 0, source.shape[0] - 2)
@@ -375,6 +384,16 @@ def plain_bilinear(path: str, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     value = (corners[0] * (1 - fx) * (1 - fy) + corners[1] * fx * (1 - fy) + corners[2] * (1 - fx) * fy
              + corners[3] * fx * fy)
     return np.floor(value + 0.5).astype(np.uint16), valid
+
+
+def plain_nearest(path: str, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The arbiter of a cross-CRS class read (SCL): the source pixel under each exact pixel centre;
+    (H, W) uint8 classes and where that pixel is inside the source and data."""
+    source, col, row, nodata = source_coordinates(path, grid)
+    c, r = np.floor(col).astype(np.int64), np.floor(row).astype(np.int64)
+    inside = (c >= 0) & (r >= 0) & (c < source.shape[1]) & (r < source.shape[0])
+    value = source[np.clip(r, 0, source.shape[0] - 1), np.clip(c, 0, source.shape[1] - 1)]
+    return value.astype(np.uint8), inside & (value != nodata)
 
 
 def arbiter_read(peer: Peer, scene: str, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -419,7 +438,16 @@ def compare_s2_tile(folder: Path, peer: Peer, exact: Agreement, native: Agreemen
                           where & valid)
                 arbiter.add(f"{quantity}, odc-stac vs plain bilinear", odc[..., columns], plain[..., columns],
                             where & valid)
-        exact.add("S2 valid mask", tile.masks[k], mask)
+        cross = [index for index, scene in enumerate(scenes) if peer.zones[scene] != ROI_ZONE]
+        exact.add(f"S2 valid mask, pixels from {ROI_ZONE} granules or none", tile.masks[k], mask,
+                  ~np.isin(source, cross))
+        for index in cross:
+            scl, data_there = plain_nearest(peer.hrefs[scenes[index]]["scl"], grid)
+            where, zone = (source == index) & data_there, peer.zones[scenes[index]]
+            exact.add(f"S2 valid mask, from {zone} granules, ours vs nearest SCL", tile.masks[k],
+                      scl_valid_mask(scl), where)
+            arbiter.add(f"S2 valid mask, from {zone} granules, odc-stac vs nearest SCL", mask, scl_valid_mask(scl),
+                        where)
         overlap = np.sum([granule.scl != 0 for granule in reads], axis=0) > 1
         theirs = harmonise_reflectance(own_bands, peer.offsets[scenes[0]])
         native.add("in the two granules' overlap", ours, theirs, overlap)
@@ -567,7 +595,7 @@ def rehearse(scale: data.Scale, runs: Sequence[str], args: argparse.Namespace, w
             rows[name] = (run_odc(scale, catalog, work, server, args.odc_threads) if name == "odc" else
                           run_ours(name, scale, catalog, work, server, args.workers))
             if name not in ("local", "odc") and not args.keep:  # only these two are compared: free the disk
-                shutil.rmtree(work / name / "retiled_d_pixel")
+                shutil.rmtree(RunLayout(work / name).tiles_dir)
         if {"local", "odc"} <= set(runs):
             run_odc(scale, catalog, work, server, args.odc_threads, granules=True)
         planned = {area: planned_bytes(scale, catalog, work, area) for area in sorted({RUNS[n][1] for n in runs})}
@@ -577,7 +605,7 @@ def rehearse(scale: data.Scale, runs: Sequence[str], args: argparse.Namespace, w
               f"{size / 1e9:.2f} GB served by the loopback server", *machine_lines(), "",
               *table_lines(rows), "", *target_lines(rows, planned, scale)]
     if {"local", "odc"} <= set(runs):
-        report += ["", *agreement_lines(work / "local" / "retiled_d_pixel", work / "odc", work / "odc_granules",
+        report += ["", *agreement_lines(RunLayout(work / "local").tiles_dir, work / "odc", work / "odc_granules",
                                         catalog, root)]
     return report
 

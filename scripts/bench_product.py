@@ -57,6 +57,7 @@ from bench_common import (
 )
 
 from btfm_core.grid import Grid
+from btfm_core.run import RunLayout
 from btfm_core.tiles import TileId, TileWriter, read_tile
 from btfm_infer.checkpoint import load_model, save_checkpoint
 from btfm_infer.infer_all_tiles import build_parser
@@ -191,7 +192,7 @@ def run_ours(bench: Bench, folder: Path, checkpoint: Path, precision: str,
         (wall seconds of the whole command, (N, D) ROI embeddings, px/s the worker logged for the tile alone).
     """
     run = Path(tempfile.mkdtemp(prefix=f"ours-{precision}-s{seed}-", dir=bench.workdir))
-    out_dir, log_dir = run / "representation_retiled", run / "logs"
+    out_dir, log_dir = RunLayout(run).representation_dir, RunLayout(run).logs_dir
     command = [sys.executable, "-m", "btfm_infer.infer_all_tiles", "--tiles-dir", str(folder.parent),
                "--output-dir", str(out_dir), "--checkpoint", str(checkpoint), "--cores", str(bench.threads),
                "--precision", precision, "--seed", str(seed), "--max-gpu", "0", "--log-dir", str(log_dir), "-q"]

@@ -10,6 +10,7 @@ fi
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/scripts/python_env.sh"
 RUN_DIR="$(mkdir -p "${1:-demo_run}" && cd "${1:-demo_run}" && pwd)"
+eval "$("$BTFM_PYTHON" -m btfm_core.run "$RUN_DIR")"  # ROI, TILES_DIR, REPRESENTATION_DIR, STITCHED_NPY, ...
 SAMPLE="$REPO/data/demo_belgium"
 CHECKPOINT="${BTFM_CHECKPOINT:-$REPO/checkpoints/btfm_demo.pt}"
 TIMES=()
@@ -25,19 +26,18 @@ step() {  # step NAME COMMAND...: run and time one step
 }
 
 step "shapefile -> roi.tiff" "$BTFM_PYTHON" "$REPO/btfm_preprocessing/convert_shp_to_tiff.py" \
-    --shapefile "$SAMPLE/roi.geojson" --out "$RUN_DIR/roi.tiff" --overwrite -q
-step "preprocessing (tiles)" "$REPO/btfm_preprocessing/main_pipeline.sh" "$RUN_DIR/roi.tiff" \
+    --shapefile "$SAMPLE/roi.geojson" --out "$ROI" --overwrite -q
+step "preprocessing (tiles)" "$REPO/btfm_preprocessing/main_pipeline.sh" "$ROI" \
     2020-11-01 2021-10-31 2020-11-01 2021-10-31 1 \
     --source local --catalog "$SAMPLE/catalog.json" --tile-size 50
 step "inference (embeddings)" "$REPO/btfm_infer/infer_all_tiles.sh" \
-    --tiles-dir "$RUN_DIR/retiled_d_pixel" --output-dir "$RUN_DIR/representation_retiled" \
+    --tiles-dir "$TILES_DIR" --output-dir "$REPRESENTATION_DIR" \
     --checkpoint "$CHECKPOINT" --max-cpu 2 --cores "$(nproc)" --seed 0
 step "stitch" "$BTFM_PYTHON" "$REPO/btfm_infer/stitch_tiled_representation.py" \
-    --representation-dir "$RUN_DIR/representation_retiled" --tiles-dir "$RUN_DIR/retiled_d_pixel" \
-    --roi "$RUN_DIR/roi.tiff" --out-dir "$RUN_DIR" --overwrite -q
+    --representation-dir "$REPRESENTATION_DIR" --tiles-dir "$TILES_DIR" \
+    --roi "$ROI" --out-dir "$RUN_DIR" --overwrite -q
 step "GeoTIFF + quick-look" "$BTFM_PYTHON" "$REPO/btfm_infer/convert_npy2tiff.py" \
-    --npy "$RUN_DIR/stitched_representation.npy" --ref-tiff "$RUN_DIR/roi.tiff" \
-    --out "$RUN_DIR/stitched_representation.tif" --overwrite -q
+    --npy "$STITCHED_NPY" --ref-tiff "$ROI" --out "$STITCHED_TIF" --overwrite -q
 
 "$BTFM_PYTHON" "$REPO/scripts/summarise_run.py" "$RUN_DIR"
 echo "time per step:"

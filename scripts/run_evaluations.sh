@@ -38,15 +38,16 @@ done
 
 # 3. eo-learn Slovenia land cover: tiles -> the standard inference chain -> embedding map -> LULC raster
 RUN="$OUT/eolearn_slovenia_run"
+eval "$("$BTFM_PYTHON" -m btfm_core.run "$RUN")"  # ROI, TILES_DIR, REPRESENTATION_DIR, STITCHED_NPY, ...
 "${EVAL[@]}" prepare-eolearn "$DATA/eolearn_slovenia/eolearn_slovenia_bundle.npz" --out "$RUN" -q >/dev/null
-"$BTFM_PYTHON" "$REPO/btfm_infer/infer_all_tiles.py" --tiles-dir "$RUN/retiled_d_pixel" --checkpoint "$CKPT" \
+"$BTFM_PYTHON" "$REPO/btfm_infer/infer_all_tiles.py" --tiles-dir "$TILES_DIR" --checkpoint "$CKPT" \
     --seed 0 --max-cpu 1 --cores 2 -q
-"$BTFM_PYTHON" "$REPO/btfm_infer/stitch_tiled_representation.py" --representation-dir "$RUN/representation_retiled" \
-    --roi "$RUN/roi.tiff" --tiles-dir "$RUN/retiled_d_pixel" --out-dir "$RUN" --overwrite -q >/dev/null
-"$BTFM_PYTHON" "$REPO/btfm_infer/convert_npy2tiff.py" --npy "$RUN/stitched_representation.npy" \
-    --ref-tiff "$RUN/roi.tiff" --overwrite -q >/dev/null
+"$BTFM_PYTHON" "$REPO/btfm_infer/stitch_tiled_representation.py" --representation-dir "$REPRESENTATION_DIR" \
+    --roi "$ROI" --tiles-dir "$TILES_DIR" --out-dir "$RUN" --overwrite -q >/dev/null
+"$BTFM_PYTHON" "$REPO/btfm_infer/convert_npy2tiff.py" --npy "$STITCHED_NPY" \
+    --ref-tiff "$ROI" --overwrite -q >/dev/null
 "${EVAL[@]}" map "${COMMON[@]}" --out "$OUT/eolearn_slovenia_lulc" \
-    --embeddings "$RUN/stitched_representation.tif" --labels "$RUN/labels_lulc.tif" \
-    --label-names "$RUN/lulc_classes.json" --ignore-labels 0 --raw-features "$RUN/retiled_d_pixel" \
+    --embeddings "$STITCHED_TIF" --labels "$RUN/labels_lulc.tif" \
+    --label-names "$RUN/lulc_classes.json" --ignore-labels 0 --raw-features "$TILES_DIR" \
     --block-size 10 --splits spatial,kfold --folds 5 --max-samples 3000 \
     --title "eo-learn Slovenia land cover (S2 L1C, 5 dates)"

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from btfm_core.run import RunLayout
 from btfm_core.tiles import list_tiles, read_tile
 
 
 def summarise(run_dir: Path) -> list[str]:
     """Lines describing the run in ``run_dir``."""
-    tiles_dir = run_dir / "retiled_d_pixel"
+    run = RunLayout(run_dir)
+    tiles_dir = run.tiles_dir
     tiles = list_tiles(tiles_dir)
     valid: list[np.ndarray] = []
     s2_dates: set[int] = set()
@@ -36,19 +38,17 @@ def summarise(run_dir: Path) -> list[str]:
         f"descending {s1_dates['descending']}",
         f"valid S2 observations per pixel: mean {counts.mean():.1f}, min {counts.min()}, max {counts.max()}",
     ]
-    stitched = run_dir / "stitched_representation.npy"
+    stitched = run.stitched_npy
     if stitched.is_file():
         embedding = np.load(stitched, mmap_mode="r")
         norms = np.linalg.norm(embedding.reshape(-1, embedding.shape[-1]), axis=1)
         lines.append(f"embedding: {embedding.shape} {embedding.dtype}, non-zero pixels "
                      f"{int((norms > 0).sum())}, mean norm {norms[norms > 0].mean():.3f}")
     lines.append("outputs:")
-    for name in ("stitched_representation.npy", "stitched_representation.tif",
-                 "stitched_representation.png", "stitched_representation.stac.json"):
-        path = run_dir / name
+    for path in (run.stitched(suffix) for suffix in (".npy", ".tif", ".png", ".stac.json")):
         if path.is_file():
             lines.append(f"  {path}  ({path.stat().st_size / 1e6:.2f} MB)")
-    lines.append(f"  logs: {run_dir / 'logs'}")
+    lines.append(f"  logs: {run.logs_dir}")
     return lines
 
 

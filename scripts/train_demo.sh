@@ -15,13 +15,14 @@ if [[ ! -d "$DATA" ]]; then
     exit 2
 fi
 mkdir -p "$WORK"
-cp "$REPO/data/demo_belgium/roi.tiff" "$WORK/roi.tiff"
-"$REPO/btfm_preprocessing/main_pipeline.sh" "$WORK/roi.tiff" 2020-11-01 2021-10-31 2020-11-01 2021-10-31 1 \
+eval "$("$BTFM_PYTHON" -m btfm_core.run "$WORK")"  # ROI, TILES_DIR, ...
+cp "$REPO/data/demo_belgium/roi.tiff" "$ROI"
+"$REPO/btfm_preprocessing/main_pipeline.sh" "$ROI" 2020-11-01 2021-10-31 2020-11-01 2021-10-31 1 \
     --catalog "$REPO/data/demo_belgium/catalog.json" --tile-size 50 -q
 "$BTFM_PYTHON" -m btfm_train \
     --table "$DATA/2022_FRA_LPIS_POLY_110.geoparquet" \
             "$DATA/private_extractions_dummy_BEL_LPIS-Flanders_data_0.parquet" \
             "$DATA/test_public_extractions.parquet" "$DATA/worldcereal_dataset.parquet" \
-    --tiles-dir "$WORK/retiled_d_pixel" --max-tile-pixels 5000 \
+    --tiles-dir "$TILES_DIR" --max-tile-pixels 5000 \
     --class-mapping "$DATA/class_mappings.json" --mapping-key CROPTYPE28 --eval-fraction 0.3 \
     --config demo --steps "$STEPS" --batch-size 256 --validate-every 250 --seed 0 --out "$OUT"

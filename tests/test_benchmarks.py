@@ -103,7 +103,9 @@ def test_bench_preprocessing_tiny_prints_the_table_and_the_agreement(tmp_path: P
     assert "| ours, 1 process | 200² | 4 |" in out and "(peer) | 200² |" in out
     assert "bytes read, ours / odc-stac" in out and "pixel agreement" in out
     # same-zone reads, the masks and S1 are identical in both readers; cross-zone reads equal the plain bilinear
-    for quantity in ("S2 10 m bands, from 31N granules", "S2 20 m bands, from 31N granules", "S2 valid mask",
+    for quantity in ("S2 10 m bands, from 31N granules", "S2 20 m bands, from 31N granules",
+                     "S2 valid mask, pixels from 31N granules or none",
+                     "S2 valid mask, from 32N granules, ours vs nearest SCL",
                      "S2 10 m bands, from 32N granules, ours vs plain bilinear",
                      "S2 20 m bands, from 32N granules, ours vs plain bilinear", "S1 dB codes, VV and VH"):
         line = next(line for line in out.splitlines() if line.strip().startswith(quantity + ":"))

@@ -79,7 +79,7 @@ SPLIT_PROFILE: Mapping[str, object] = {"driver": "GTiff", "dtype": "float32", "t
                                        "BIGTIFF": "IF_SAFER"}
 
 
-class GrdResult(Protocol):
+class GeocodedGrd(Protocol):
     """What :func:`btfm_preprocessing.grd.geocode_grd` returns (only the fields used here)."""
 
     path: Path
@@ -87,8 +87,8 @@ class GrdResult(Protocol):
     coverage: float
 
 
-#: ``geocode_grd(product_zip, grid, out_path) -> GrdResult`` writing a 2-band (VV, VH) float32 GeoTIFF.
-Geocoder = Callable[[Path, Grid, Path], GrdResult]
+#: ``geocode_grd(product_zip, grid, out_path) -> GeocodedGrd`` writing a 2-band (VV, VH) float32 GeoTIFF.
+Geocoder = Callable[[Path, Grid, Path], GeocodedGrd]
 
 
 def endpoint_host(url: str) -> str:

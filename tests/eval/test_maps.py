@@ -15,7 +15,7 @@ from pyproj import Transformer
 
 from btfm_core.errors import InputDataError
 from btfm_eval.errors import GridMismatchError, LabelError
-from btfm_eval.features import raw_features
+from btfm_eval.features import raw_band_statistics
 from btfm_eval.maps import (
     map_eval_data,
     map_labels,
@@ -109,7 +109,7 @@ def test_tile_series_and_raw_features(slovenia_run: Path, tmp_path: Path) -> Non
     rows, cols = np.array([0, 5, 31, 17]), np.array([0, 20, 31, 3])
     series = tile_series(slovenia_run / "retiled_d_pixel", emap.grid, rows, cols)
     assert series.s2_bands.shape == (4, 5, 10) and series.s1.shape == (4, 0, 2)
-    feats = raw_features(series)
+    feats = raw_band_statistics(series)
     assert feats.shape == (4, 5 * 11 + 11 * 7)
     valid = series.s2_masks[1].astype(bool)
     expected = ((series.s2_bands[1, valid, 0] - S2_MEAN[0]) / S2_STD[0]).mean()

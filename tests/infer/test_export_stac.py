@@ -21,7 +21,8 @@ from pystac.extensions.raster import RasterExtension
 from pystac.validation import JsonSchemaSTACValidator
 
 from btfm_core.roi import open_roi
-from btfm_core.tiles import S1_BANDS, S2_BANDS, write_run_metadata
+from btfm_core.run import RunLayout, RunMetadata
+from btfm_core.tiles import S1_BANDS, S2_BANDS
 from btfm_infer import convert_npy2tiff as convert
 from btfm_infer.checkpoint import save_checkpoint
 from btfm_infer.export_common import band_names
@@ -132,7 +133,7 @@ def test_cli_all_outputs_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                               caplog: pytest.LogCaptureFixture) -> None:
     roi_path, npy, mask, _ = make_inputs(tmp_path)
     (tmp_path / "retiled_d_pixel").mkdir()
-    write_run_metadata(tmp_path / "retiled_d_pixel", RUN_METADATA)  # discovered beside the .npy
+    RunMetadata.from_json(RUN_METADATA).write(RunLayout(tmp_path).run_metadata_file)  # discovered beside the .npy
     ckpt = make_checkpoint(tmp_path / "ckpt" / "m.pt")
     out = tmp_path / "out"
     assert convert.main(["--npy", str(npy), "--ref-tiff", str(roi_path), "--out", str(out / "emb.tif"),

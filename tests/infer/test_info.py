@@ -99,10 +99,11 @@ def test_npy_and_stac_item(run_dir: Path, capsys: pytest.CaptureFixture[str]) ->
     assert item["btfm:model"]["family"] == "v1.0"
 
 
-def test_record_name_matches_the_inference_module() -> None:
-    from btfm_infer.tile_inference import INFERENCE_RECORD
+def test_the_inference_record_is_read_where_inference_writes_it(run_dir: Path) -> None:
+    from btfm_core.run import RunLayout
 
-    assert info.INFERENCE_RECORD == INFERENCE_RECORD
+    assert RunLayout(run_dir).inference_record_file.is_file()
+    assert info.inference_summary(RunLayout(run_dir).inference_record_file)["checkpoint"]
 
 
 @pytest.mark.parametrize(("name", "phrase"), [

@@ -12,7 +12,8 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
 from btfm_core.grid import Grid
-from btfm_core.tiles import TileId, TileWriter, list_tiles, read_tile, write_run_metadata
+from btfm_core.run import RunLayout, RunMetadata
+from btfm_core.tiles import TileId, TileWriter, list_tiles, read_tile
 from btfm_preprocessing import coverage, pipeline
 from tests.conftest import DEMO_DIR, write_raster
 from tests.test_end_to_end import DATES, crop_roi
@@ -64,7 +65,7 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 sar = writer.allocate_sar(direction, n)
                 sar[:] = (rng.random((n, *tile.shape, 2)) < 0.7) * 9000  # VV or VH (or both) may be 0
                 writer.write_array(f"sar_{direction}_doy.npy", np.arange(n) + 3)
-    write_run_metadata(tiles_dir, {"tile_size": TILE, "roi": str(run / "roi.tiff")})
+    RunMetadata(tile_size=TILE, roi=str(run / "roi.tiff")).write(RunLayout(run).run_metadata_file)
     return run
 
 

@@ -18,7 +18,7 @@ from btfm_train.data import (
     load_worldcereal_wide,
     worldcereal_s1_to_code,
 )
-from btfm_train.probe import linear_probe, raw_features
+from btfm_train.probe import linear_probe, raw_band_series
 from tests.conftest import SHARED_DATA
 
 TINY = ModelConfig(d_model=16, nhead=2, num_layers=1, dim_feedforward=32)
@@ -80,7 +80,7 @@ def test_training_lowers_loss_and_resumes_identically(tmp_path: Path) -> None:
 
 def test_probe_separates_an_easy_signal() -> None:
     data = synthetic(n=200)
-    x = raw_features(data)
+    x = raw_band_series(data)
     test = group_split(data.groups, 0.3)
     result = linear_probe(x[~test], data.labels[~test], x[test], data.labels[test])
     assert result.accuracy > 0.9 and result.n_classes == 2
