@@ -1,4 +1,4 @@
-"""Shared command-line plumbing: verbosity flags and error-to-exit-code handling."""
+"""Shared command-line plumbing: the options several steps share, verbosity flags, error-to-exit-code handling."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from btfm_core.errors import BTFMError, SourceError
 from btfm_core.fileio import disk_full_error, is_disk_full
 from btfm_core.logs import OWNED_HANDLER
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "HelpFormatter", "MainFunction", "add_standard_options", "add_version",
-           "describe_unexpected", "entry_point", "prog_name"]
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "HelpFormatter", "MainFunction", "add_checkpoint_option",
+           "add_log_file_option", "add_overwrite_option", "add_seed_option", "add_standard_options",
+           "add_tiles_dir_option", "add_version", "describe_unexpected", "entry_point", "prog_name"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,38 @@ def add_standard_options(parser: argparse.ArgumentParser) -> None:
     """Add what every entry point has: ``-v/--verbose``, ``-q/--quiet`` and ``--version``."""
     add_version(parser)
     add_verbosity(parser)
+
+
+#: What ``add_argument`` returns (an ``argparse.Action``); parsers and argument groups both take these options.
+ArgumentContainer = argparse._ActionsContainer
+
+
+def add_overwrite_option(parser: ArgumentContainer, help: str = "replace existing outputs") -> None:
+    """``--overwrite``: replace outputs that exist (every step refuses to, by default)."""
+    parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def add_log_file_option(parser: ArgumentContainer, default: str) -> None:
+    """``--log-file PATH`` (None: the step's default log, described by ``default``)."""
+    parser.add_argument("--log-file", type=Path, default=None, help=f"log file (default: {default})")
+
+
+def add_seed_option(parser: ArgumentContainer, help: str) -> None:
+    """``--seed N`` (default 0): what it seeds is the step's ``help``."""
+    parser.add_argument("--seed", type=int, default=0, help=help)
+
+
+def add_checkpoint_option(parser: ArgumentContainer, help: str, default: Path | None = None,
+                          required: bool = False) -> None:
+    """``--checkpoint PATH``: a model checkpoint of any TESSERA family."""
+    parser.add_argument("--checkpoint", type=Path, default=default, required=required, help=help)
+
+
+def add_tiles_dir_option(parser: ArgumentContainer, help: str, required: bool = False,
+                         aliases: Sequence[str] = ()) -> None:
+    """``--tiles-dir PATH``: a run's tile folder (``retiled_d_pixel``); ``aliases``: the seed scripts' names."""
+    parser.add_argument("--tiles-dir", *aliases, dest="tiles_dir", type=Path, default=None, required=required,
+                        help=help)
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import hashlib
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ from btfm_core.errors import BTFMError, DiskFullError, OutputNotWritableError
 
 __all__ = ["TMP_PREFIX", "atomic_path", "check_free_space", "create_npy", "disk_full_as_error", "disk_full_error",
            "ensure_writable_dir", "file_digest", "human_bytes", "is_disk_full", "refuse_overwrite",
-           "remove_stale_temporaries", "temp_sibling"]
+           "release_pages", "remove_stale_temporaries", "temp_sibling"]
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +268,22 @@ def reserve_blocks(path: str | os.PathLike[str], start: int, length: int) -> Non
         raise
     finally:
         os.close(fd)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Write a memory-mapped array's changes to its file and drop its pages from this process's memory.
+
+    The pages of a file mapping count as the process's resident memory (RSS) once touched, so a
+    tile's (T, H, W, 10) ``bands.npy`` written through a memory map would stay resident until
+    closed. ``msync`` first (the data is on disk), then ``MADV_DONTNEED``: a later access reads the
+    file again. A no-op for arrays that are not memory maps, or where ``madvise`` is missing.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if not isinstance(mapping, mmap.mmap):
+        return
+    mapping.flush()
+    if hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def create_npy(path: str | os.PathLike[str], dtype: np.typing.DTypeLike, shape: tuple[int, ...]) -> np.memmap:

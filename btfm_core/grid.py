@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
@@ -35,6 +38,36 @@ class Grid:
             height=int(dataset.height),  # type: ignore[attr-defined]
             width=int(dataset.width),  # type: ignore[attr-defined]
         )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Grid:
+        """The grid of a JSON record written by :meth:`to_record` (``shape`` may name more axes after H, W).
+
+        Raises:
+            KeyError, TypeError, ValueError, IndexError: the record is not one.
+        """
+        return cls(str(record["crs"]), Affine(*record["transform"][:6]), int(record["shape"][0]),
+                   int(record["shape"][1]))
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready ``{"crs": WKT, "transform": [a, b, c, d, e, f], "shape": [H, W]}``."""
+        return {"crs": self.crs, "transform": list(self.transform)[:6], "shape": list(self.shape)}
+
+    def profile(self) -> dict[str, Any]:
+        """The georeference of a rasterio ``open(..., "w", **profile)``: crs, transform, width, height."""
+        return {"crs": self.rasterio_crs, "transform": self.transform, "width": self.width, "height": self.height}
+
+    def same_as(self, other: Grid, tolerance_px: float = 1e-6) -> bool:
+        """Whether both grids are the same up to floating-point noise: shape, CRS, and the transform
+        (``numpy.allclose``: ``tolerance_px`` pixels absolute, plus its default relative tolerance)."""
+        return (self.shape == other.shape and self.rasterio_crs == other.rasterio_crs
+                and bool(np.allclose(list(self.transform)[:6], list(other.transform)[:6],
+                                     atol=tolerance_px * max(self.resolution))))
+
+    def geotransform(self) -> list[float]:
+        """GDAL GeoTransform ``[x0, dx, rx, y0, ry, dy]``."""
+        t = self.transform
+        return [t.c, t.a, t.b, t.f, t.d, t.e]
 
     @property
     def shape(self) -> tuple[int, int]:

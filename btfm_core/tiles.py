@@ -30,7 +30,7 @@ import numpy as np
 import rasterio
 
 from btfm_core.errors import TileFormatError
-from btfm_core.fileio import atomic_path, create_npy
+from btfm_core.fileio import atomic_path, create_npy, release_pages
 from btfm_core.grid import Grid
 from btfm_core.run import ROI_FILE
 
@@ -313,11 +313,8 @@ def list_tiles(tiles_dir: str | os.PathLike[str]) -> list[TileId]:
 
 def write_roi_tiff(path: Path, mask: np.ndarray, grid: Grid) -> None:
     """Write a (H, W) uint8 mask as a georeferenced single-band GeoTIFF."""
-    profile = {
-        "driver": "GTiff", "dtype": "uint8", "count": 1, "height": grid.height,
-        "width": grid.width, "crs": grid.rasterio_crs, "transform": grid.transform,
-        "compress": "deflate", "nodata": None,
-    }
+    profile = {"driver": "GTiff", "dtype": "uint8", "count": 1, **grid.profile(), "compress": "deflate",
+               "nodata": None}
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(mask.astype(np.uint8), 1)
 
@@ -379,6 +376,9 @@ class TileWriter:
         new = create_npy(tmp, old.dtype, (n_dates, *old.shape[1:]))
         for index in range(n_dates):
             new[index] = old[index]
+            if (index + 1) % 8 == 0:  # bounded resident memory (see release_pages)
+                release_pages(new)
+                release_pages(old)
         new.flush()
         del new, old
         tmp.replace(path)
@@ -402,9 +402,7 @@ class TileWriter:
                 meta = {
                     "schema_version": SCHEMA_VERSION,
                     "tile": self.tile.name,
-                    "crs": self.grid.crs,
-                    "transform": list(self.grid.transform)[:6],
-                    "shape": list(self.grid.shape),
+                    **self.grid.to_record(),
                     "s2_bands": list(S2_BANDS),
                     "s1_bands": list(S1_BANDS),
                     **self.metadata,

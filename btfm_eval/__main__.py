@@ -12,7 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from btfm_core.cli import HelpFormatter, add_standard_options, add_version, entry_point, prog_name
+from btfm_core.cli import (
+    HelpFormatter,
+    add_checkpoint_option,
+    add_overwrite_option,
+    add_seed_option,
+    add_standard_options,
+    add_version,
+    entry_point,
+    prog_name,
+)
 from btfm_core.errors import BTFMError
 from btfm_core.fileio import ensure_writable_dir, refuse_overwrite
 from btfm_core.logs import setup_logging
@@ -71,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated; default all: logreg,rf,mlp (classification), ridge,rf (regression)")
     group.add_argument("--train-fractions", type=_floats, default=DEFAULT_FRACTIONS,
                        help="training fractions of the sweep, comma-separated ('' for none)")
-    group.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                       help="BTFM checkpoint: embeds tables, and sets the untrained model's architecture")
+    add_checkpoint_option(group, "BTFM checkpoint: embeds tables, and sets the untrained model's architecture",
+                          DEFAULT_CHECKPOINT)
     group.add_argument("--no-untrained", action="store_true", help="skip the untrained-model baseline")
     group.add_argument("--max-samples", type=int, default=None,
                        help="evaluate a random subset of this many groups/pixels (seeded)")
-    group.add_argument("--seed", type=int, default=0, help="seed of folds, subsamples, models and the untrained init")
+    add_seed_option(group, "seed of folds, subsamples, models and the untrained init")
     group.add_argument("--title", default=None, help="report title")
-    group.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    add_overwrite_option(group, "replace an existing report in --out")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     group.add_argument("--jobs", type=int, default=0,
                        help="model fits run side by side, one thread each (0: every usable core); same numbers")

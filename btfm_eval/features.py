@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from btfm_core.pixel_series import PixelSeries
 from btfm_infer.checkpoint import load_model
 from btfm_infer.model import BTFM
 from btfm_infer.sampling import S1_MEAN, S1_STD, S2_MEAN, S2_STD
-from btfm_train.data import PixelSeries
 from btfm_train.probe import embed_series
 
 log = logging.getLogger(__name__)

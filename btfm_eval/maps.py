@@ -24,12 +24,13 @@ from rasterio.warp import reproject
 
 from btfm_core.errors import InputDataError
 from btfm_core.grid import Grid
+from btfm_core.pixel_series import PixelSeries
 from btfm_core.roi import open_roi
 from btfm_core.tiles import list_tiles, read_tile, read_tile_metadata
 from btfm_eval.dataset import CLASSIFICATION, EvalData
 from btfm_eval.errors import GridMismatchError, LabelError
+from btfm_infer.embedding_map import EmbeddingMap
 from btfm_infer.export_common import dequantise
-from btfm_train.data import PixelSeries
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ _GRID_TOL = 1e-6
 
 
 @dataclass(frozen=True)
-class EmbeddingMap:
-    """An embedding map in memory.
+class LoadedMap:
+    """An embedding map read whole into memory for evaluation (from a GeoTIFF, or a stitched
+    :class:`~btfm_infer.embedding_map.EmbeddingMap`).
 
     Attributes:
         data: (H, W, C) float32 embeddings.
@@ -62,7 +64,7 @@ def _open_raster(path: Path, what: str, flag: str) -> rasterio.DatasetReader:
         raise InputDataError(f"{what} {path} is not a raster GDAL can read ({exc}); check {flag}") from exc
 
 
-def read_embedding_map(path: Path, roi: Path | None = None) -> EmbeddingMap:
+def read_embedding_map(path: Path, roi: Path | None = None) -> LoadedMap:
     """Read an embedding GeoTIFF, or a stitched ``.npy`` with ``roi`` (its ROI GeoTIFF).
 
     Raises:
@@ -71,12 +73,10 @@ def read_embedding_map(path: Path, roi: Path | None = None) -> EmbeddingMap:
     if path.suffix == ".npy":
         if roi is None:
             raise InputDataError(f"{path} is a .npy without georeference: pass its ROI GeoTIFF with --roi")
-        from btfm_infer.stitch_tiled_representation import open_stitched
-
-        region = open_roi(roi)
-        data = np.asarray(open_stitched(path, region), dtype=np.float32)
-        valid = region.read_mask().astype(bool) & (np.abs(data).sum(-1) > 0)
-        return EmbeddingMap(data, valid, region.grid, path)
+        stitched = EmbeddingMap.open(path, open_roi(roi))
+        data = np.asarray(stitched.read(np.s_[:]), dtype=np.float32)
+        valid = stitched.roi.read_mask().astype(bool) & (np.abs(data).sum(-1) > 0)
+        return LoadedMap(data, valid, stitched.grid, path)
     with _open_raster(path, "embedding map", "--embeddings") as src:
         grid = Grid.from_dataset(src)
         if src.crs is None:
@@ -90,7 +90,7 @@ def read_embedding_map(path: Path, roi: Path | None = None) -> EmbeddingMap:
     data = np.nan_to_num(data)
     if not valid.any():
         raise InputDataError(f"embedding map {path} has no valid pixel (all NaN or zero)")
-    return EmbeddingMap(data, valid, grid, path)
+    return LoadedMap(data, valid, grid, path)
 
 
 def _int8_scales(path: Path, grid: Grid) -> np.ndarray:
@@ -102,18 +102,9 @@ def _int8_scales(path: Path, grid: Grid) -> np.ndarray:
         raise InputDataError(f"{path} holds int8 codes but its scales {scales.name} are not beside it; pass the "
                              "float32 GeoTIFF, the .npy with --roi, or put the scales file back")
     with _open_raster(scales, "int8 scale raster", "--embeddings") as src:
-        if not same_grid(Grid.from_dataset(src), grid):
+        if not Grid.from_dataset(src).same_as(grid, _GRID_TOL):
             raise InputDataError(f"{scales} is not on the grid of {path}; re-export both with convert_npy2tiff.py")
         return src.read(1, out_dtype=np.float32)
-
-
-def same_grid(a: Grid, b: Grid) -> bool:
-    """Whether two grids are identical up to floating-point noise (CRS, transform, shape)."""
-    if a.shape != b.shape:
-        return False
-    if not np.allclose(list(a.transform)[:6], list(b.transform)[:6], atol=_GRID_TOL * max(a.resolution)):
-        return False
-    return a.rasterio_crs == b.rasterio_crs
 
 
 def read_label_raster(path: Path, grid: Grid) -> np.ndarray:
@@ -131,7 +122,7 @@ def read_label_raster(path: Path, grid: Grid) -> np.ndarray:
             raise LabelError(f"label raster {path} has no CRS; georeference it on the map's grid")
         nodata = src.nodata
         source_grid = Grid.from_dataset(src)
-        if same_grid(source_grid, grid):
+        if source_grid.same_as(grid, _GRID_TOL):
             labels = src.read(1).astype(np.float64)
         else:
             log.info("label raster %s is on another grid: reprojecting (nearest) onto the map", path)
@@ -209,7 +200,7 @@ def read_feature_raster(path: Path, grid: Grid) -> np.ndarray:
     """
     with _open_raster(path, "raw-feature raster", "--raw-features") as src:
         other = Grid.from_dataset(src)
-        if not same_grid(other, grid):
+        if not other.same_as(grid, _GRID_TOL):
             raise GridMismatchError(
                 f"raw-feature raster {path} ({other.width} x {other.height} px, {other.transform[:6]}) is not on the "
                 f"embedding map's grid ({grid.width} x {grid.height} px, {grid.transform[:6]}); resample it onto "
@@ -254,7 +245,7 @@ def tile_series(tiles_dir: Path, grid: Grid, rows: np.ndarray, cols: np.ndarray)
         order[inside] = 1
     if not parts:
         raise GridMismatchError(f"no tile of {tiles_dir} covers a labelled pixel of the map")
-    from btfm_train.data import concat
+    from btfm_core.pixel_series import concat
 
     index = np.concatenate([i for i, _ in parts])
     series = concat([s for _, s in parts])
@@ -339,7 +330,7 @@ def map_labels(path: Path, grid: Grid, task: str, column: str | None = None, all
     return MapLabels(table[ids], np.where(ids > 0, ids.astype(np.int64), -1))
 
 
-def map_eval_data(emap: EmbeddingMap, labels: MapLabels, task: str, *, names: dict[str, str] | None = None,
+def map_eval_data(emap: LoadedMap, labels: MapLabels, task: str, *, names: dict[str, str] | None = None,
                   ignore: tuple[str, ...] = (), block_size: int = 10, aggregate: bool = False,
                   extra: dict[str, np.ndarray] | None = None) -> tuple[EvalData, np.ndarray, np.ndarray]:
     """Labelled pixels (or parcels) of a map as :class:`EvalData`.

@@ -1,4 +1,4 @@
-"""Labelled time-series tables -> :class:`~btfm_train.data.PixelSeries` plus positions.
+"""Labelled time-series tables -> :class:`~btfm_core.pixel_series.PixelSeries` plus positions.
 
 Two sources:
 
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from btfm_core.pixel_series import PixelSeries, concat
 from btfm_eval.errors import LabelError
-from btfm_train.data import PixelSeries, concat, load_worldcereal_long, load_worldcereal_wide
+from btfm_train.data import load_worldcereal_long, load_worldcereal_wide
 
 log = logging.getLogger(__name__)
 

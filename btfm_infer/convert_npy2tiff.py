@@ -29,13 +29,22 @@ from pathlib import Path
 
 import pystac
 
-from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.cli import (
+    HelpFormatter,
+    add_log_file_option,
+    add_overwrite_option,
+    add_seed_option,
+    add_standard_options,
+    entry_point,
+    prog_name,
+)
 from btfm_core.errors import BTFMError, InputDataError
 from btfm_core.fileio import check_free_space, disk_full_as_error, ensure_writable_dir, remove_stale_temporaries
 from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
 from btfm_core.run import RunLayout, RunMetadata, RunRecordError
+from btfm_infer.embedding_map import EmbeddingMap
 from btfm_infer.export_cog import CogExport, scales_path, write_embedding_cog
 from btfm_infer.export_common import INT8_NODATA, CosineStats, band_names, quantise_int8
 from btfm_infer.export_set import (
@@ -59,7 +68,6 @@ from btfm_infer.stac_item import (
     find_inference_model,
     write_item,
 )
-from btfm_infer.stitch_tiled_representation import open_stitched
 
 __all__ = ["INT8_NODATA", "band_names", "main", "quantise_int8", "scales_path", "write_embedding_geotiff"]
 
@@ -191,10 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("--no-run-metadata", action="store_true", help="record no run metadata")
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
                         help="longest side of the quick-look in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the quick-look's PCA pixel sample")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--log-file", type=Path, default=None,
-                        help="log file (default: logs/npy2tiff.log beside the first output)")
+    add_seed_option(parser, "seed of the quick-look's PCA pixel sample")
+    add_overwrite_option(parser)
+    add_log_file_option(parser, "logs/npy2tiff.log beside the first output")
     add_standard_options(parser)
     return parser
 
@@ -260,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BTFMError(f"--max-size must be >= 1, got {args.max_size}")
     paths = _paths(args)
     roi = open_roi(args.ref_tiff.expanduser())
-    height, width, channels = open_stitched(paths.npy, roi).shape  # fail before writing anything
+    emap = EmbeddingMap.open(paths.npy, roi)  # fail before writing anything
+    height, width, channels = emap.shape
     for path in paths.flags().values():
         ensure_writable_dir(path.parent, f"output folder of {path.name}")
     log_file = (args.log_file or RunLayout(paths.base.parent).log_file("npy2tiff")).expanduser()
@@ -274,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         todo = _outputs_to_write(paths, digests, args.overwrite)
         check_free_space(paths.base.parent, _export_bytes(height * width, channels, args.dtype, todo, paths),
                          "the export (uncompressed size, an upper bound)")
-        _export(args, paths, roi, channels, provenance, digests, todo)
+        _export(args, paths, emap, provenance, digests, todo)
     for path in paths.flags().values():
         print(path)
     return 0
@@ -334,7 +342,7 @@ def _export_bytes(pixels: int, channels: int, dtype: str, todo: set[Path], paths
     return total
 
 
-def _export(args: argparse.Namespace, paths: ExportPaths, roi: Roi, channels: int, provenance: Provenance,
+def _export(args: argparse.Namespace, paths: ExportPaths, emap: EmbeddingMap, provenance: Provenance,
             digests: dict[Path, str], todo: set[Path]) -> None:
     """Write the outputs in ``todo`` (the folder lock held); the others are read back for the STAC item."""
     int8_rule = str(provenance.model.get("int8_rule", "v1.0"))
@@ -344,23 +352,23 @@ def _export(args: argparse.Namespace, paths: ExportPaths, roi: Roi, channels: in
     cog = zarr_out = None
     if paths.tif is not None:
         with disk_full_as_error(paths.tif):
-            cog = (write_embedding_cog(paths.npy, roi, paths.tif, args.dtype, int8_rule=int8_rule,
+            cog = (write_embedding_cog(emap, None, paths.tif, args.dtype, int8_rule=int8_rule,
                                        tags={**provenance.tags(), INPUTS_TAG: digests[paths.tif]})
                    if paths.tif in todo else existing_cog(paths.tif, args.dtype))
     if paths.zarr is not None:
         with disk_full_as_error(paths.zarr):
-            zarr_out = (write_embedding_zarr(paths.npy, roi, paths.zarr, args.dtype, int8_rule=int8_rule,
+            zarr_out = (write_embedding_zarr(emap, None, paths.zarr, args.dtype, int8_rule=int8_rule,
                                              sharding=args.zarr_sharding,
                                              attributes={**provenance.attributes(),
                                                          INPUTS_ATTRIBUTE: digests[paths.zarr]})
                         if paths.zarr in todo else existing_zarr(paths.zarr, args.dtype))
     if paths.png is not None and paths.png in todo:
         with disk_full_as_error(paths.png):
-            write_quicklook_png(paths.npy, roi, paths.png, max_size=args.max_size, seed=args.seed,
+            write_quicklook_png(emap, None, paths.png, max_size=args.max_size, seed=args.seed,
                                 tags={INPUTS_TAG: digests[paths.png]})
     if paths.stac is not None and paths.stac in todo:
         with disk_full_as_error(paths.stac):
-            _write_stac(args, paths, roi, channels, provenance, digests[paths.stac], cog, zarr_out)
+            _write_stac(args, paths, emap.roi, emap.channels, provenance, digests[paths.stac], cog, zarr_out)
 
 
 def _write_stac(args: argparse.Namespace, paths: ExportPaths, roi: Roi, channels: int, provenance: Provenance,

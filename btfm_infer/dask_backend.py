@@ -21,7 +21,7 @@ from btfm_core.tiles import TileId
 from btfm_infer.onnx_engine import EngineModel
 from btfm_infer.progress import PixelProgress
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
-from btfm_infer.worker import load_worker_model
+from btfm_infer.worker import WorkerJob, load_worker_model
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,16 @@ def _worker_model(checkpoint: str, threads: int, options: InferenceOptions) -> E
     return load_worker_model(checkpoint, "cpu", options, threads)
 
 
-def embed_tile_task(tiles_dir: str, output_dir: str, checkpoint: str, tile_name: str,
-                    options: InferenceOptions, threads: int) -> int:
-    """One cluster task: embed one tile unless it is done; return the pixels embedded."""
-    out = representation_path(Path(output_dir), TileId.parse(tile_name))
+def embed_tile_task(job_json: str) -> int:
+    """One cluster task: the :class:`~btfm_infer.worker.WorkerJob` (JSON, one tile) unless its tile is done;
+    return the pixels embedded."""
+    job = WorkerJob.from_json(job_json)
+    (tile_name,) = job.tiles
+    out = representation_path(job.output_dir, TileId.parse(tile_name))
     if out.exists():
         return 0
-    model = _worker_model(checkpoint, threads, options)
-    return infer_tile(model, Path(tiles_dir) / tile_name, out, options)
+    model = _worker_model(str(job.checkpoint), job.threads, job.options)
+    return infer_tile(model, job.tiles_dir / tile_name, out, job.options)
 
 
 def _collect(futures: Sequence[Any], as_completed: type, reporter: PixelProgress) -> int:
@@ -110,9 +112,9 @@ def run_on_dask(tiles: Sequence[TileId], tiles_dir: Path, output_dir: Path, chec
     try:
         log.info("Dask cluster %s: %d worker(s)", client.dashboard_link or scheduler or "local",
                  len(client.scheduler_info()["workers"]))
-        futures = [client.submit(embed_tile_task, str(tiles_dir), str(output_dir), str(checkpoint), tile.name,
-                                 options, threads_per_worker, key=f"btfm-{tile.name}", pure=False)
-                   for tile in tiles]
+        jobs = {tile.name: WorkerJob(tiles_dir, output_dir, checkpoint, (tile.name,), options, "cpu",
+                                     threads_per_worker).to_json() for tile in tiles}
+        futures = [client.submit(embed_tile_task, job, key=f"btfm-{name}", pure=False) for name, job in jobs.items()]
         reporter = PixelProgress(total_pixels, len(futures), log_interval_s=log_interval_s, logger=log)
         try:
             pixels = _collect(futures, as_completed, reporter)

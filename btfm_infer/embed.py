@@ -218,6 +218,55 @@ def embed_pixels(model: EngineModel, s2_bands: np.ndarray, s2_masks: np.ndarray,
             NaN/inf in float inputs, days of year outside 0..366, invalid seed or sizes.
         ValueError: ``device`` is not the model's device.
     """
+    s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc, s1_desc_doys = _checked_inputs(
+        model, s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc, s1_desc_doys)
+    for name, value in (("repeat", repeat), ("batch_size", batch_size), ("sample_block", sample_block)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputDataError(f"{name} must be an integer >= 1, got {value!r}")
+    key = [int(v) for v in seed_key]
+    if int(seed) < 0 or any(v < 0 for v in key):
+        raise InputDataError(f"seed and seed_key must be non-negative integers, got {seed}, {tuple(key)}")
+    n, t = s2_bands.shape[:2]
+    out = np.zeros((n, model.config.embedding_dim), dtype=np.float32)
+    bucketed = model.family.bucketed
+    if n == 0 or (t == 0 and not bucketed):
+        return out
+    dev = _model_device(model, device)
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    try:
+        # no_grad, not inference_mode: under inference_mode autocast does not cache its bf16 copies of the
+        # weights, and re-casting all of them for every batch took 40 % of a bf16 forward (profiled)
+        with torch.no_grad():
+            if bucketed:  # an OnnxRuntimeBTFM runs v1.0 only, so this is a BTFM
+                return _embed_all_observations(cast(BTFM, model), s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys,
+                                               s1_desc, s1_desc_doys, batch_size, dev, dtype, progress)
+            _embed_sampled(model, out, (s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc, s1_desc_doys),
+                           _Draw(int(seed), repeat, key, sample_block), batch_size, dev, dtype, progress)
+    finally:
+        model.train(was_training)
+    return out
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """The random draw of the v1.0 families: seed, draws averaged, the caller's key, pixels per block."""
+
+    seed: int
+    repeat: int
+    key: list[int]
+    sample_block: int
+
+
+def _checked_inputs(model: EngineModel, s2_bands: np.ndarray, s2_masks: np.ndarray, s2_doys: np.ndarray,
+                    s1_asc: np.ndarray, s1_asc_doys: np.ndarray, s1_desc: np.ndarray,
+                    s1_desc_doys: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`embed_pixels`' inputs checked (dimensions, dtypes, N, T, band counts, days of year).
+
+    Raises:
+        InputDataError: naming the input that does not fit.
+    """
     s2_bands = _check("s2_bands", s2_bands, 3, "uif")
     n, t = s2_bands.shape[:2]
     s2_masks = _check("s2_masks", s2_masks, 2, "uibf")
@@ -235,70 +284,54 @@ def embed_pixels(model: EngineModel, s2_bands: np.ndarray, s2_masks: np.ndarray,
     if s2_bands.shape[2] != cfg.s2_bands or s1_asc.shape[2] != cfg.s1_bands or s1_desc.shape[2] != cfg.s1_bands:
         raise InputDataError(f"band counts S2 {s2_bands.shape[2]}, S1 ascending {s1_asc.shape[2]}, descending "
                              f"{s1_desc.shape[2]} do not match the model ({cfg.s2_bands}, {cfg.s1_bands})")
-    for name, value in (("repeat", repeat), ("batch_size", batch_size), ("sample_block", sample_block)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputDataError(f"{name} must be an integer >= 1, got {value!r}")
-    key = [int(v) for v in seed_key]
-    if int(seed) < 0 or any(v < 0 for v in key):
-        raise InputDataError(f"seed and seed_key must be non-negative integers, got {seed}, {tuple(key)}")
+    return s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc, s1_desc_doys
 
-    out = np.zeros((n, cfg.embedding_dim), dtype=np.float32)
-    bucketed = model.family.bucketed
-    if n == 0 or (t == 0 and not bucketed):
-        return out
-    dev = _model_device(model, device)
-    dtype = next(model.parameters()).dtype
-    was_training = model.training
-    model.eval()
-    try:
-        # no_grad, not inference_mode: under inference_mode autocast does not cache its bf16 copies of the
-        # weights, and re-casting all of them for every batch took 40 % of a bf16 forward (profiled)
-        with torch.no_grad():
-            if bucketed:  # an OnnxRuntimeBTFM runs v1.0 only, so this is a BTFM
-                return _embed_all_observations(cast(BTFM, model), s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys,
-                                               s1_desc, s1_desc_doys, batch_size, dev, dtype, progress)
-            pending: list[_BlockDraws] = []  # blocks drawn but not run yet (several fill one GPU batch)
-            pending_pixels = 0
 
-            def run_pending() -> None:
-                nonlocal pending_pixels
-                if pending:  # blocks are drawn for a BTFM only (see the isinstance test below)
-                    out[np.concatenate([b.pixels for b in pending])] = _encode_blocks(cast(BTFM, model), pending,
-                                                                                      batch_size, dev, dtype)
-                    if progress is not None:
-                        progress(pending_pixels)
-                pending.clear()
-                pending_pixels = 0
+def _embed_sampled(model: EngineModel, out: np.ndarray, inputs: tuple[np.ndarray, ...], draw: _Draw,
+                   batch_size: int, dev: torch.device, dtype: torch.dtype,
+                   progress: Callable[[int], None] | None) -> None:
+    """The v1.0 families' rule (see :func:`embed_pixels`) into ``out`` (N, D), block by block."""
+    s2_bands, s2_masks, s2_doys, s1_asc, s1_asc_doys, s1_desc, s1_desc_doys = inputs
+    pending: list[_BlockDraws] = []  # blocks drawn but not run yet (several fill one GPU batch)
+    pending_pixels = 0
 
-            for b, start in enumerate(range(0, n, sample_block)):
-                sl = slice(start, min(n, start + sample_block))
-                bands = np.asarray(s2_bands[sl])
-                _check_finite("s2_bands", bands)
-                active = np.flatnonzero(bands.reshape(bands.shape[0], -1).any(axis=1))
-                if active.size == 0:
-                    if progress is not None:
-                        progress(sl.stop - sl.start)
-                    continue
-                masks = np.asarray(s2_masks[sl])[active]
-                _check_finite("s2_masks", masks)
-                asc, desc = np.asarray(s1_asc[sl])[active], np.asarray(s1_desc[sl])[active]
-                _check_finite("s1_asc", asc)
-                _check_finite("s1_desc", desc)
-                s2d, ascd, descd = (d if d.ndim == 1 else np.asarray(d[sl])[active]
-                                    for d in (s2_doys, s1_asc_doys, s1_desc_doys))
-                bands = bands[active]
-                rngs = [np.random.default_rng([int(seed), r, b, len(key), *key]) for r in range(repeat)]
-                if not isinstance(model, BTFM):
-                    out[start + active] = _embed_full_sequences(model, bands, masks, s2d, asc, ascd, desc, descd,
-                                                                rngs, batch_size, dev, dtype)
-                    if progress is not None:
-                        progress(sl.stop - sl.start)
-                    continue
-                pending.append(_draw_block(model, start + active, bands, masks, s2d, asc, ascd, desc, descd, rngs))
-                pending_pixels += sl.stop - sl.start
-                if pending_pixels >= batch_size:
-                    run_pending()
+    def run_pending() -> None:
+        nonlocal pending_pixels
+        if pending:  # blocks are drawn for a BTFM only (see the isinstance test below)
+            out[np.concatenate([b.pixels for b in pending])] = _encode_blocks(cast(BTFM, model), pending,
+                                                                              batch_size, dev, dtype)
+            if progress is not None:
+                progress(pending_pixels)
+        pending.clear()
+        pending_pixels = 0
+
+    n = s2_bands.shape[0]
+    for b, start in enumerate(range(0, n, draw.sample_block)):
+        sl = slice(start, min(n, start + draw.sample_block))
+        bands = np.asarray(s2_bands[sl])
+        _check_finite("s2_bands", bands)
+        active = np.flatnonzero(bands.reshape(bands.shape[0], -1).any(axis=1))
+        if active.size == 0:
+            if progress is not None:
+                progress(sl.stop - sl.start)
+            continue
+        masks = np.asarray(s2_masks[sl])[active]
+        _check_finite("s2_masks", masks)
+        asc, desc = np.asarray(s1_asc[sl])[active], np.asarray(s1_desc[sl])[active]
+        _check_finite("s1_asc", asc)
+        _check_finite("s1_desc", desc)
+        s2d, ascd, descd = (d if d.ndim == 1 else np.asarray(d[sl])[active]
+                            for d in (s2_doys, s1_asc_doys, s1_desc_doys))
+        bands = bands[active]
+        rngs = [np.random.default_rng([draw.seed, r, b, len(draw.key), *draw.key]) for r in range(draw.repeat)]
+        if not isinstance(model, BTFM):
+            out[start + active] = _embed_full_sequences(model, bands, masks, s2d, asc, ascd, desc, descd,
+                                                        rngs, batch_size, dev, dtype)
+            if progress is not None:
+                progress(sl.stop - sl.start)
+            continue
+        pending.append(_draw_block(model, start + active, bands, masks, s2d, asc, ascd, desc, descd, rngs))
+        pending_pixels += sl.stop - sl.start
+        if pending_pixels >= batch_size:
             run_pending()
-    finally:
-        model.train(was_training)
-    return out
+    run_pending()

@@ -33,16 +33,8 @@ from btfm_core.fileio import atomic_path, temp_sibling
 from btfm_core.grid import Grid
 from btfm_core.progress import progress
 from btfm_core.roi import Roi
-from btfm_infer.export_common import (
-    INT8_NODATA,
-    CosineStats,
-    band_names,
-    block_count,
-    iter_blocks,
-    open_export,
-    overview_factors,
-    quantise_int8,
-)
+from btfm_infer.embedding_map import EmbeddingMap, block_count
+from btfm_infer.export_common import INT8_NODATA, CosineStats, band_names, open_export, overview_factors, quantise_int8
 
 __all__ = ["SCALE_DESCRIPTION", "CogExport", "scales_path", "write_embedding_cog"]
 
@@ -158,11 +150,10 @@ def _write_vrt(path: Path, main: Path, overviews: Sequence[Path], grid: Grid, dt
     path.write_text(ET.tostring(root, encoding="unicode"))
 
 
-def _write_level(npy_path: str | os.PathLike[str], roi: Roi, stage: Path, scale_stage: Path | None,
-                 profile: Mapping[str, object], factor: int, cosine: CosineStats | None,
-                 int8_rule: str = "v1.0") -> None:
+def _write_level(emap: EmbeddingMap, stage: Path, scale_stage: Path | None, profile: Mapping[str, object],
+                 factor: int, cosine: CosineStats | None, int8_rule: str = "v1.0") -> None:
     """Pass 1 for one level (factor 1 = full resolution): stream blocks into staging GeoTIFF(s)."""
-    height, width = math.ceil(roi.grid.height / factor), math.ceil(roi.grid.width / factor)
+    height, width = math.ceil(emap.grid.height / factor), math.ceil(emap.grid.width / factor)
     size = {"width": width, "height": height}
     with contextlib.ExitStack() as files:
         dst = files.enter_context(rasterio.open(stage, "w", **{**profile, **size}))
@@ -170,8 +161,8 @@ def _write_level(npy_path: str | os.PathLike[str], roi: Roi, stage: Path, scale_
         if scale_stage is not None:
             scale_profile = {**profile, **size, "count": 1, "dtype": "float32", "nodata": float("nan")}
             scales = files.enter_context(rasterio.open(scale_stage, "w", **scale_profile))
-        blocks = iter_blocks(npy_path, roi, BLOCK_SIZE, BLOCK_SIZE, factor)
-        total = block_count(roi.grid.height, roi.grid.width, BLOCK_SIZE, BLOCK_SIZE, factor)
+        blocks = emap.blocks(BLOCK_SIZE, BLOCK_SIZE, factor)
+        total = block_count(emap.grid.height, emap.grid.width, BLOCK_SIZE, BLOCK_SIZE, factor)
         desc = "GeoTIFF" if factor == 1 else f"overview 1/{factor}"
         for block in progress(blocks, total=total, desc=desc, unit="block"):
             h, w = block.shape
@@ -191,7 +182,7 @@ def _write_level(npy_path: str | os.PathLike[str], roi: Roi, stage: Path, scale_
     log.debug("wrote level 1/%d (%d x %d px) of %s", factor, width, height, stage.name)
 
 
-def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
+def write_embedding_cog(embedding: EmbeddingMap | str | os.PathLike[str], roi: Roi | str | os.PathLike[str] | None,
                         out_path: str | os.PathLike[str], dtype: str = "float32",
                         tags: Mapping[str, str] | None = None, int8_rule: str = "v1.0") -> CogExport:
     """Write a stitched embedding as a COG on the ROI grid (float32, or int8 + a scale COG).
@@ -201,8 +192,8 @@ def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
     ``embedding = q * scale``; the reconstruction cosine is computed block by block and logged.
 
     Args:
-        npy_path: the (H, W, C) floating-point embedding (C = 128), H, W = the ROI's size.
-        roi: the ROI (or its GeoTIFF path); gives CRS, transform and the inside mask.
+        embedding: the map, or its (H, W, C) floating-point ``.npy`` (C = 128), H, W = the ROI's size.
+        roi: for a ``.npy``, the ROI (or its GeoTIFF path): CRS, transform and the inside mask.
         out_path: the COG to write (replaced atomically if it exists).
         dtype: ``float32`` or ``int8``.
         tags: dataset metadata (GDAL default domain) to record, e.g. checkpoint and sources.
@@ -217,11 +208,10 @@ def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         InputDataError: if the embedding is unreadable, not floating point or not on the ROI grid.
         InvalidROIError: if the ROI cannot be used.
     """
-    roi, out_path, (height, width, channels) = open_export(npy_path, roi, out_path, dtype)
-    grid = roi.grid
+    emap, out_path = open_export(embedding, roi, out_path, dtype)
+    grid, (height, width, channels) = emap.grid, emap.shape
     quantise = dtype == "int8"
-    base = {**STAGING_PROFILE, "width": width, "height": height, "crs": grid.rasterio_crs,
-            "transform": grid.transform}
+    base = {**STAGING_PROFILE, **grid.profile()}
     profile = {**base, "count": channels, "dtype": dtype,
                "nodata": INT8_NODATA if quantise else float("nan")}
     cosine = CosineStats() if quantise else None
@@ -235,8 +225,7 @@ def write_embedding_cog(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         for factor in [1, *factors]:
             stage = stack.enter_context(_staging(out_path, f".{factor}.tif"))
             scale_stage = stack.enter_context(_staging(scales_path(out_path), f".{factor}.tif")) if quantise else None
-            _write_level(npy_path, roi, stage, scale_stage, profile, factor, cosine if factor == 1 else None,
-                         int8_rule)
+            _write_level(emap, stage, scale_stage, profile, factor, cosine if factor == 1 else None, int8_rule)
             levels.append((stage, scale_stage))
         if cosine is not None:
             all_tags["BTFM_INT8_COSINE_MEAN"] = f"{cosine.mean:.6f}"

@@ -1,29 +1,27 @@
-"""Shared pieces of the embedding exporters: block iteration, int8 quantisation, cosine statistics.
+"""Shared pieces of the embedding exporters: their inputs, int8 quantisation, cosine statistics.
 
 The exporters (:mod:`btfm_infer.export_cog`, :mod:`btfm_infer.export_zarr`) read the stitched
-``(H, W, C)`` embedding one block at a time from its memory map, so their memory use depends
-on the block size, never on the ROI's size.
+``(H, W, C)`` embedding one block at a time (:meth:`btfm_infer.embedding_map.EmbeddingMap.blocks`),
+so their memory use depends on the block size, never on the ROI's size.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.windows import Window
 
 from btfm_core.errors import BTFMError
-from btfm_core.roi import Roi, open_roi
-from btfm_infer.stitch_tiled_representation import open_stitched, read_npy_window
+from btfm_core.roi import Roi
+from btfm_infer.embedding_map import EmbeddingMap, as_map
 
-__all__ = ["INT8_NODATA", "Block", "CosineStats", "band_names", "block_count", "dequantise", "iter_blocks",
-           "open_export", "overview_factors", "quantise_int8"]
+__all__ = ["INT8_NODATA", "CosineStats", "band_names", "dequantise", "open_export", "overview_factors",
+           "quantise_int8"]
 
 #: int8 export (as geotessera stores embeddings): ``embedding = q * scale`` with one float32
 #: scale per pixel; ``q`` is in [-127, 127] and -128 marks pixels outside the ROI.
@@ -39,17 +37,15 @@ def band_names(count: int) -> list[str]:
     return [f"A{i:02d}" for i in range(count)]
 
 
-def as_roi(roi: Roi | str | os.PathLike[str]) -> Roi:
-    """The ROI itself, or the ROI opened (and validated) from its GeoTIFF path."""
-    return roi if isinstance(roi, Roi) else open_roi(roi)
-
-
-def open_export(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str], out_path: str | os.PathLike[str],
-                dtype: str) -> tuple[Roi, Path, tuple[int, int, int]]:
+def open_export(embedding: EmbeddingMap | str | os.PathLike[str], roi: Roi | str | os.PathLike[str] | None,
+                out_path: str | os.PathLike[str], dtype: str) -> tuple[EmbeddingMap, Path]:
     """Check an export's inputs before writing anything; create the output's folder.
 
+    Args:
+        embedding: the map, or its ``.npy`` (then ``roi`` is its ROI or the ROI's GeoTIFF).
+
     Returns:
-        The ROI, the output path and the embedding's (height, width, channels).
+        The map and the output path.
 
     Raises:
         BTFMError: if ``dtype`` is not float32 or int8.
@@ -58,11 +54,10 @@ def open_export(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[s
     """
     if dtype not in DTYPES:
         raise BTFMError(f"--dtype must be float32 or int8, got {dtype}")
-    roi = as_roi(roi)
-    shape = open_stitched(npy_path, roi).shape
+    emap = as_map(embedding, roi)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    return roi, out_path, shape
+    return emap, out_path
 
 
 def quantise_int8(vectors: np.ndarray, rule: str = "v1.0") -> tuple[np.ndarray, np.ndarray]:
@@ -163,33 +158,6 @@ class CosineStats:
         return cls(count=count, total=float(summary["mean"]) * count, minimum=float(summary["min"]))
 
 
-@dataclass(frozen=True)
-class Block:
-    """One block of the stitched embedding.
-
-    Attributes:
-        row0: first row of the block in the ROI grid.
-        col0: first column.
-        values: (h, w, C) float32 embedding, as in the ``.npy`` (outside pixels untouched).
-        inside: (h, w) bool, True inside the ROI.
-    """
-
-    row0: int
-    col0: int
-    values: np.ndarray
-    inside: np.ndarray = field(repr=False)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(h, w) of the block."""
-        return (int(self.inside.shape[0]), int(self.inside.shape[1]))
-
-
-def block_count(height: int, width: int, rows: int, cols: int, factor: int = 1) -> int:
-    """Number of blocks :func:`iter_blocks` yields."""
-    return math.ceil(math.ceil(height / factor) / rows) * math.ceil(math.ceil(width / factor) / cols)
-
-
 def overview_factors(height: int, width: int, block_size: int) -> list[int]:
     """Overview decimation factors 2, 4, … until the overview fits in one block (GDAL's COG rule)."""
     factors: list[int] = []
@@ -198,44 +166,3 @@ def overview_factors(height: int, width: int, block_size: int) -> list[int]:
         factor *= 2
         factors.append(factor)
     return factors
-
-
-def overview_source_indices(size: int, factor: int) -> np.ndarray:
-    """Source index of each of the ``ceil(size / factor)`` overview pixels: the centre of its cell, clamped."""
-    return np.minimum(np.arange(math.ceil(size / factor)) * factor + factor // 2, size - 1)
-
-
-def iter_blocks(npy_path: str | os.PathLike[str], roi: Roi, rows: int, cols: int, factor: int = 1) -> Iterator[Block]:
-    """Yield the embedding in ``rows`` x ``cols`` blocks, row-major, each with its ROI mask.
-
-    With ``factor`` > 1 the blocks tile the nearest-neighbour overview of that decimation
-    factor instead (pixel ``i`` of the overview is pixel :func:`overview_source_indices` ``[i]``), read
-    straight from the ``.npy``; ``row0``/``col0`` are then overview pixel offsets. The ``.npy``
-    must already be checked against the ROI (``open_stitched``).
-    """
-    npy_path = Path(npy_path)
-    if factor > 1:
-        yield from _iter_sampled_blocks(npy_path, roi, rows, cols, factor)
-        return
-    height, width = roi.grid.shape
-    for row0 in range(0, height, rows):
-        row1 = min(height, row0 + rows)
-        inside_rows = roi.read_mask(roi.grid.window(0, row0, width, row1)) != 0
-        for col0 in range(0, width, cols):
-            col1 = min(width, col0 + cols)
-            values = read_npy_window(npy_path, np.s_[row0:row1, col0:col1])
-            yield Block(row0, col0, np.asarray(values, dtype=np.float32), inside_rows[:, col0:col1])
-
-
-def _iter_sampled_blocks(npy_path: Path, roi: Roi, rows: int, cols: int, factor: int) -> Iterator[Block]:
-    height, width = roi.grid.shape
-    row_index, col_index = overview_source_indices(height, factor), overview_source_indices(width, factor)
-    with rasterio.open(roi.path) as src:
-        for row0 in range(0, len(row_index), rows):
-            source_rows = row_index[row0:row0 + rows]
-            inside_rows = np.stack([roi.inside(src.read(1, window=Window(0, int(r), width, 1)))[0, col_index]
-                                    for r in source_rows])
-            for col0 in range(0, len(col_index), cols):
-                source_cols = col_index[col0:col0 + cols]
-                values = read_npy_window(npy_path, np.ix_(source_rows, source_cols))
-                yield Block(row0, col0, np.asarray(values, dtype=np.float32), inside_rows[:, col0:col0 + cols])

@@ -60,16 +60,8 @@ from zarr.codecs import BloscCodec
 from btfm_core.fileio import atomic_path
 from btfm_core.grid import Grid
 from btfm_core.roi import Roi
-from btfm_infer.export_common import (
-    INT8_NODATA,
-    Block,
-    CosineStats,
-    band_names,
-    block_count,
-    iter_blocks,
-    open_export,
-    quantise_int8,
-)
+from btfm_infer.embedding_map import Block, EmbeddingMap, block_count
+from btfm_infer.export_common import INT8_NODATA, CosineStats, band_names, open_export, quantise_int8
 
 __all__ = ["DEFAULT_LAYOUT", "EMBEDDING_ARRAY", "SCALES_ARRAY", "SHARDED_LAYOUT", "ZarrExport", "ZarrLayout",
            "read_layout", "write_embedding_zarr"]
@@ -146,21 +138,11 @@ def read_layout(path: str | os.PathLike[str]) -> ZarrLayout:
     return ZarrLayout(array.metadata.zarr_format, int(array.chunks[0]), None if shards is None else int(shards[0]))
 
 
-def geotransform(grid: Grid) -> list[float]:
-    """GDAL GeoTransform ``[x0, dx, rx, y0, ry, dy]`` of a grid."""
-    t = grid.transform
-    return [t.c, t.a, t.b, t.f, t.d, t.e]
-
-
 def grid_attributes(grid: Grid) -> dict[str, Any]:
     """CRS (WKT, EPSG or None), affine transform (a, b, c, d, e, f) and GeoTransform of a grid."""
-    return {
-        "crs_wkt": grid.crs,
-        "epsg": grid.rasterio_crs.to_epsg(),
-        "transform": list(grid.transform)[:6],
-        "geotransform": geotransform(grid),
-        "shape": list(grid.shape),
-    }
+    record = grid.to_record()
+    return {"crs_wkt": record.pop("crs"), "epsg": grid.rasterio_crs.to_epsg(), **record,
+            "geotransform": grid.geotransform()}
 
 
 def _coordinates(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -237,15 +219,15 @@ def _block_dataset(block: Block, quantise: bool, int8_rule: str, cosine: CosineS
     return xr.Dataset({EMBEDDING_ARRAY: (("y", "x", "band"), q), SCALES_ARRAY: (("y", "x"), scale)})
 
 
-def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
+def write_embedding_zarr(embedding: EmbeddingMap | str | os.PathLike[str], roi: Roi | str | os.PathLike[str] | None,
                          out_path: str | os.PathLike[str], dtype: str = "float32",
                          attributes: Mapping[str, Any] | None = None, int8_rule: str = "v1.0",
                          sharding: bool = False) -> ZarrExport:
     """Write a stitched embedding as a Zarr store on the ROI grid (layout in the module doc).
 
     Args:
-        npy_path: the (H, W, C) floating-point embedding, H, W = the ROI's size.
-        roi: the ROI (or its GeoTIFF path); gives CRS, transform and the inside mask.
+        embedding: the map, or its (H, W, C) floating-point ``.npy``, H, W = the ROI's size.
+        roi: for a ``.npy``, the ROI (or its GeoTIFF path): CRS, transform and the inside mask.
         out_path: the store folder to write (replaced atomically if it exists).
         dtype: ``float32``, or ``int8`` (per-pixel symmetric quantisation + a ``scales`` array).
         attributes: more group attributes (JSON-serialisable), e.g. provenance.
@@ -261,11 +243,12 @@ def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.P
         InputDataError: if the embedding is unreadable, not floating point or not on the ROI grid.
         InvalidROIError: if the ROI cannot be used.
     """
-    roi, out_path, (height, width, channels) = open_export(npy_path, roi, out_path, dtype)
+    emap, out_path = open_export(embedding, roi, out_path, dtype)
+    grid, (height, width, channels) = emap.grid, emap.shape
     layout = SHARDED_LAYOUT if sharding else DEFAULT_LAYOUT
     quantise = dtype == "int8"
     group_attrs: dict[str, Any] = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, **grid_attributes(roi.grid),
+        "format": FORMAT, "format_version": FORMAT_VERSION, **grid_attributes(grid),
         "dimensions": ["y", "x", "band"], "band_names": band_names(channels), "dtype": dtype,
         "nodata": INT8_NODATA if quantise else "nan", "layout": layout.as_dict(channels),
         "embedding": ("embedding = embedding_q * scales (per pixel); -128 = outside the ROI" if quantise
@@ -275,9 +258,9 @@ def write_embedding_zarr(npy_path: str | os.PathLike[str], roi: Roi | str | os.P
     cosine = CosineStats() if quantise else None
     total = block_count(height, width, BLOCK_SIZE, BLOCK_SIZE)
     with atomic_path(out_path) as tmp, _quiet_consolidation():
-        template = _template(roi.grid, channels, dtype, layout, group_attrs)
+        template = _template(grid, channels, dtype, layout, group_attrs)
         template.to_zarr(tmp, mode="w", compute=False, consolidated=True, zarr_format=layout.zarr_format)
-        for count, block in enumerate(iter_blocks(npy_path, roi, BLOCK_SIZE, BLOCK_SIZE), start=1):
+        for count, block in enumerate(emap.blocks(BLOCK_SIZE, BLOCK_SIZE), start=1):
             h, w = block.shape
             region = {"y": slice(block.row0, block.row0 + h), "x": slice(block.col0, block.col0 + w)}
             _block_dataset(block, quantise, int8_rule, cosine).to_zarr(

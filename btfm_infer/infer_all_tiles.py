@@ -16,17 +16,32 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.cli import (
+    HelpFormatter,
+    add_checkpoint_option,
+    add_seed_option,
+    add_standard_options,
+    add_tiles_dir_option,
+    entry_point,
+    prog_name,
+)
 from btfm_core.errors import BTFMError
 from btfm_core.fileio import check_free_space, ensure_writable_dir, remove_stale_temporaries
 from btfm_core.locking import folder_lock
 from btfm_core.logs import setup_logging
-from btfm_core.run import INFERENCE_RECORD_FILE, RunLayout, RunMetadata, finished_run_metadata
+from btfm_core.run import (
+    INFERENCE_RECORD_FILE,
+    REPRESENTATION_DIRNAME,
+    TILES_DIRNAME,
+    RunLayout,
+    RunMetadata,
+    finished_run_metadata,
+)
 from btfm_core.tiles import TileId, check_single_run, list_tiles
 from btfm_infer.checkpoint import V11_SOURCES, load_model
 from btfm_infer.families import FAMILY_NAMES
@@ -51,13 +66,13 @@ from btfm_infer.tile_inference import (
     output_dim,
     representation_path,
 )
-from btfm_infer.worker import prepare_model, run_tiles
+from btfm_infer.worker import WorkerJob, prepare_model, run_tiles
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CHECKPOINT", "MATRYOSHKA_CHOICES", "WorkerPlan", "build_parser", "describe_model",
+__all__ = ["DEFAULT_CHECKPOINT", "MATRYOSHKA_CHOICES", "InferSettings", "WorkerPlan", "build_parser", "describe_model",
            "describe_worker_exit", "embed_pending", "load_checked_model", "main", "parse_split", "plan_workers",
-           "run_in_process", "run_workers", "worker_precisions"]
+           "run_in_process", "run_workers", "settings_from_args", "worker_job", "worker_precisions"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: ``--dim`` values (the v2 students' Matryoshka dimensions).
@@ -77,6 +92,83 @@ class WorkerPlan:
     batch_size: int
     tiles: tuple[TileId, ...]
     precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """The inference step's settings, decided once from the command line (:func:`settings_from_args`).
+
+    Handed down, never changed in place; the workers get their share as a
+    :class:`~btfm_infer.worker.WorkerJob` (JSON) or, on Dask, as :class:`InferenceOptions`.
+
+    Attributes:
+        tiles_dir, output_dir, log_dir: the run's tile folder, where ``<tile>.npy`` and the logs go.
+        checkpoint: the model checkpoint.
+        options: seed, repeat, CPU batch size, precision, engine, family, statistics and
+            dimensions as the flags give them (``precision`` as asked: ``auto`` is resolved per
+            device type by :func:`worker_precisions`; ``stats`` is filled in by
+            :func:`load_checked_model` for v1.1 checkpoints that do not record it).
+        split: the CPU:GPU share of tiles.
+        max_cpu, max_gpu: worker processes (``max_gpu`` defaults to the GPUs found).
+        asked_for_gpu: whether ``--max-gpu`` was given.
+        cores: CPU threads shared by the CPU workers.
+        cpu_batch_size, gpu_batch_size: pixels per forward pass.
+        scheduler, dask_local: a Dask scheduler address, or local Dask workers (0: none).
+    """
+
+    tiles_dir: Path
+    output_dir: Path
+    log_dir: Path
+    checkpoint: Path
+    options: InferenceOptions = field(default_factory=lambda: InferenceOptions(precision="auto"))
+    split: tuple[int, int] = (1, 1)
+    max_cpu: int = 1
+    max_gpu: int = 0
+    asked_for_gpu: bool = False
+    cores: int = 1
+    gpu_batch_size: int = 8192
+    scheduler: str | None = None
+    dask_local: int = 0
+
+    @property
+    def on_dask(self) -> bool:
+        return bool(self.scheduler or self.dask_local)
+
+    def inference_options(self, precision: str, batch_size: int | None = None) -> InferenceOptions:
+        """The options the workers run with, at the ``precision`` decided for their device."""
+        return replace(self.options, precision=precision, batch_size=batch_size or self.options.batch_size)
+
+
+def settings_from_args(args: argparse.Namespace) -> InferSettings:
+    """Check the flags and resolve the paths and defaults (the only place that reads ``args``).
+
+    Raises:
+        BTFMError: a flag out of range or two that do not go together, naming them.
+    """
+    tiles_dir = args.tiles_dir.expanduser().resolve()
+    run = RunLayout(tiles_dir.parent)
+    split = parse_split(args.cpu_gpu_split)
+    asked_for_gpu = args.max_gpu is not None
+    max_gpu = torch.cuda.device_count() if args.max_gpu is None else args.max_gpu
+    if min(args.max_cpu, max_gpu) < 0:
+        raise BTFMError("--max-cpu and --max-gpu must be >= 0")
+    if args.max_cpu + max_gpu == 0:
+        raise BTFMError("no worker to run: --max-cpu is 0 and " +
+                        ("--max-gpu is 0" if asked_for_gpu else "no CUDA GPU was found; raise --max-cpu"))
+    if min(args.cores, args.cpu_batch_size, args.gpu_batch_size, args.repeat) < 1:
+        raise BTFMError("--cores, --cpu-batch-size, --gpu-batch-size and --repeat must be >= 1")
+    if args.seed < 0:
+        raise BTFMError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.engine == "onnxruntime" and args.precision in ("bf16", "int8"):
+        raise BTFMError(f"--precision {args.precision} applies to the torch engine; use --engine torch with it, or "
+                        "fp32 with --engine onnxruntime")
+    return InferSettings(
+        tiles_dir=tiles_dir, output_dir=(args.output_dir or run.representation_dir).expanduser().resolve(),
+        log_dir=(args.log_dir or run.logs_dir).expanduser().resolve(), checkpoint=args.checkpoint,
+        options=InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, args.precision, args.engine,
+                                 args.model_family, args.stats, args.dim),
+        split=split, max_cpu=args.max_cpu, max_gpu=max_gpu, asked_for_gpu=asked_for_gpu, cores=args.cores,
+        gpu_batch_size=args.gpu_batch_size, scheduler=args.scheduler, dask_local=args.dask_local)
 
 
 def parse_split(text: str) -> tuple[int, int]:
@@ -134,12 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  infer_all_tiles.sh --tiles-dir T --output-dir O --checkpoint best_model.pt \\\n"
                "      --cpu-gpu-split 1:4 --max-cpu 2 --max-gpu 1 --cores 16 --gpu-batch-size 4096\n",
     )
-    parser.add_argument("--tiles-dir", type=Path, required=True, help="retiled_d_pixel folder")
+    add_tiles_dir_option(parser, f"the run's tile folder ({TILES_DIRNAME})", required=True)
     parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where <tile>.npy go (default: representation_retiled beside --tiles-dir)")
-    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                        help="model checkpoint of any TESSERA family (v1.0, v1.0 QAT, v1.1, v2 student); the family "
-                             "is recognised from the file")
+                        help=f"where <tile>.npy go (default: {REPRESENTATION_DIRNAME} beside --tiles-dir)")
+    add_checkpoint_option(parser, "model checkpoint of any TESSERA family (v1.0, v1.0 QAT, v1.1, v2 student); the "
+                                  "family is recognised from the file", DEFAULT_CHECKPOINT)
     parser.add_argument("--model-family", choices=["auto", *FAMILY_NAMES], default="auto",
                         help="the family the checkpoint must be (auto: recognise it from the file)")
     parser.add_argument("--stats", choices=V11_SOURCES, default=None,
@@ -157,8 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads shared by the CPU workers")
     parser.add_argument("--cpu-batch-size", type=int, default=1024, help="pixels per CPU forward pass")
     parser.add_argument("--gpu-batch-size", type=int, default=8192, help="pixels per GPU forward pass")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the observation sampling (v1.0 families; v1.1 and v2 use every observation)")
+    add_seed_option(parser, "seed of the observation sampling (v1.0 families; v1.1 and v2 use every observation)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="average this many sampling draws (v1.0 families only)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -184,18 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _worker_command(plan: WorkerPlan, args: argparse.Namespace, log_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "btfm_infer.worker", "--tiles-dir", str(args.tiles_dir),
-            "--output-dir", str(args.output_dir), "--checkpoint", str(args.checkpoint),
-            "--device", plan.device, "--threads", str(plan.threads),
-            "--batch-size", str(plan.batch_size), "--seed", str(args.seed),
-            "--repeat", str(args.repeat), "--precision", plan.precision, "--engine", args.engine,
-            "--model-family", args.model_family, *(["--stats", args.stats] if args.stats else []),
-            *(["--dim", str(args.dim)] if args.dim else []),
-            "--log-file", str(log_dir / f"infer_{plan.name}.log"),
-            "--progress-file", str(progress_file_path(log_dir, plan.name)),
-            "--failure-file", str(failure_file_path(log_dir, plan.name)), "--parent-pid", str(os.getpid()),
-            "-q", "--tiles", *(t.name for t in plan.tiles)]
+def worker_job(plan: WorkerPlan, settings: InferSettings) -> WorkerJob:
+    """The job of the worker process that runs ``plan``."""
+    return WorkerJob(settings.tiles_dir, settings.output_dir, settings.checkpoint, tuple(t.name for t in plan.tiles),
+                     settings.inference_options(plan.precision, plan.batch_size), plan.device, plan.threads,
+                     log_file=settings.log_dir / f"infer_{plan.name}.log",
+                     progress_file=progress_file_path(settings.log_dir, plan.name),
+                     failure_file=failure_file_path(settings.log_dir, plan.name), parent_pid=os.getpid())
+
+
+def _worker_command(plan: WorkerPlan, settings: InferSettings) -> list[str]:
+    return [sys.executable, "-m", "btfm_infer.worker", "-q", "--job", worker_job(plan, settings).to_json()]
 
 
 def _stop_workers(procs: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -286,12 +375,12 @@ def _remove_worker_files(log_dir: Path, names: Sequence[str]) -> None:
         failure_file_path(log_dir, name).unlink(missing_ok=True)
 
 
-def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: Path,
-                total_pixels: int | None = None, *, log_interval_s: float | None = None) -> None:
+def run_workers(plans: Sequence[WorkerPlan], settings: InferSettings, total_pixels: int | None = None, *,
+                log_interval_s: float | None = None) -> None:
     """Start the workers, show progress, stop them all cleanly on Ctrl-C, SIGTERM or a failure.
 
     Progress is in pixels (``total_pixels``: the ROI pixels of the plans' tiles; None: tiles
-    only), read from each worker's ``<log_dir>/progress_<worker>.json``: a bar on a terminal,
+    only), read from each worker's ``<settings.log_dir>/progress_<worker>.json``: a bar on a terminal,
     else a log line every ``log_interval_s`` seconds (default :data:`PROGRESS_LOG_INTERVAL_S`).
     A failed worker is reported in one line: its own error (from ``failure_<worker>.json``), or
     the signal that killed it and the tile it was on. Each worker runs in a session of its own, so
@@ -305,6 +394,7 @@ def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: 
         BTFMError: a worker failed (the first failure's line; any other is logged).
         SystemExit: 143 after SIGTERM, once the workers are stopped.
     """
+    log_dir = settings.log_dir
     files = {p.name: progress_file_path(log_dir, p.name) for p in plans}
     _remove_worker_files(log_dir, list(files))  # a previous run's counts and failures
     interval = PROGRESS_LOG_INTERVAL_S if log_interval_s is None else log_interval_s
@@ -315,7 +405,7 @@ def run_workers(plans: Sequence[WorkerPlan], args: argparse.Namespace, log_dir: 
         try:
             for plan in plans:
                 if stop.signal is None:
-                    procs[plan.name] = subprocess.Popen(_worker_command(plan, args, log_dir),
+                    procs[plan.name] = subprocess.Popen(_worker_command(plan, settings),
                                                         stdout=subprocess.DEVNULL, start_new_session=True)
             failures = _watch_workers(procs, files, reporter, log_dir, stop)
         except KeyboardInterrupt:
@@ -350,52 +440,56 @@ class _ReportedProgress(ProgressFile):
         self.reporter.update({self.worker: self.pixels_done}, self.tiles_done)
 
 
-def run_in_process(plan: WorkerPlan, model: BTFM, args: argparse.Namespace, options: InferenceOptions,
-                   total_pixels: int | None = None) -> None:
+def run_in_process(plan: WorkerPlan, model: BTFM, settings: InferSettings, total_pixels: int | None = None) -> None:
     """Run the one CPU worker in this process with the model the driver loaded already.
 
     Saves a second interpreter start, torch import and checkpoint read (several seconds per call);
     the worker's log lines go to ``infer_all_tiles.log``.
     """
     torch.set_num_threads(plan.threads)
-    options = replace(options, precision=plan.precision, batch_size=plan.batch_size)
+    options = settings.inference_options(plan.precision, plan.batch_size)
     runnable = prepare_model(model, options, plan.threads)
     reporter = PixelProgress(total_pixels, len(plan.tiles), logger=log)
     try:
-        run_tiles(runnable, args.tiles_dir, args.output_dir, plan.tiles, options,
+        run_tiles(runnable, settings.tiles_dir, settings.output_dir, plan.tiles, options,
                   _ReportedProgress(reporter, plan.name))
     finally:
         reporter.close()
 
 
-def load_checked_model(args: argparse.Namespace, run_metadata: RunMetadata | None) -> BTFM:
+def load_checked_model(settings: InferSettings, run_metadata: RunMetadata | None) -> tuple[BTFM, InferSettings]:
     """Load ``--checkpoint`` as the driver's check of everything the workers will need.
 
     Recognises the family (logged), decides v1.1 statistics (the checkpoint's own, ``--stats``,
-    or the run's Sentinel-2 source, which then travels to the workers as ``--stats``) and checks
-    ``--dim`` and the engine against the family.
+    or the run's Sentinel-2 source, which then travels to the workers in the returned settings)
+    and checks ``--dim`` and the engine against the family.
+
+    Returns:
+        The model, and ``settings`` with ``stats`` decided.
 
     Raises:
         CheckpointError: see :func:`btfm_infer.checkpoint.load_model` and :func:`resolve_stats`.
         BTFMError: ``--dim`` for a family without Matryoshka dimensions, or one it does not list.
     """
-    model = load_model(args.checkpoint, "cpu", family=args.model_family, stats=args.stats,
+    model = load_model(settings.checkpoint, "cpu", family=settings.options.family, stats=settings.options.stats,
                        run_s2_source=str(run_metadata.get("source", "")) or None if run_metadata else None)
-    family, config = model.family, model.config
+    family, config, name = model.family, model.config, settings.checkpoint.name
     if family.stats is None:  # the statistics decided here travel to the workers
-        args.stats = model.require_stats().name.removeprefix("v1.1-")
-    if args.dim is not None:
+        settings = replace(settings, options=replace(settings.options,
+                                                     stats=model.require_stats().name.removeprefix("v1.1-")))
+    dim = settings.options.dim
+    if dim is not None:
         if not family.matryoshka:
-            raise BTFMError(f"--dim applies to Matryoshka families (v2 students); {args.checkpoint.name} is "
+            raise BTFMError(f"--dim applies to Matryoshka families (v2 students); {name} is "
                             f"{family.title}, whose {config.embedding_dim} dimensions only work together: "
                             "drop --dim")
-        if args.dim not in config.matryoshka_dims:
-            raise BTFMError(f"--dim {args.dim} is not one of this checkpoint's Matryoshka dimensions "
+        if dim not in config.matryoshka_dims:
+            raise BTFMError(f"--dim {dim} is not one of this checkpoint's Matryoshka dimensions "
                             f"{list(config.matryoshka_dims)}")
-    if args.engine == "onnxruntime" and family.name != "v1.0":
-        raise BTFMError(f"--engine onnxruntime runs v1.0 checkpoints only; {args.checkpoint.name} is "
+    if settings.options.engine == "onnxruntime" and family.name != "v1.0":
+        raise BTFMError(f"--engine onnxruntime runs v1.0 checkpoints only; {name} is "
                         f"{family.title}: use --engine torch")
-    return model
+    return model, settings
 
 
 def worker_precisions(requested: str, *, gpus: bool) -> dict[str, str]:
@@ -416,119 +510,100 @@ def worker_precisions(requested: str, *, gpus: bool) -> dict[str, str]:
     return precisions
 
 
-def describe_model(model: BTFM, args: argparse.Namespace) -> str:
+def describe_model(model: BTFM, settings: InferSettings) -> str:
     """One log line: family, dimensions, statistics and input rule of the run's model."""
-    family = model.family
-    rule = (f"{family.input_rule}, seed {args.seed}, repeat {args.repeat}" if family.randomised
+    family, options = model.family, settings.options
+    rule = (f"{family.input_rule}, seed {options.seed}, repeat {options.repeat}" if family.randomised
             else f"{family.input_rule} (every valid observation; --seed/--repeat do not apply)")
-    written = f" (first {args.dim} written)" if args.dim else ""
+    written = f" (first {options.dim} written)" if options.dim else ""
     return (f"model: {family.title}, {model.embedding_dim}-d embedding{written}, "
             f"{model.require_stats().name} statistics, input rule {rule}")
 
 
-def embed_pending(args: argparse.Namespace, model: BTFM, tiles: Sequence[TileId], options: InferenceOptions,
-                  precisions: dict[str, str], record_precision: str, log_dir: Path, *, split: tuple[int, int],
-                  n_gpu: int, asked_for_gpu: bool) -> None:
-    """Check the record, plan the workers and embed every tile not done yet (the folder lock held)."""
-    remove_stale_temporaries(args.output_dir)
+def embed_pending(settings: InferSettings, model: BTFM, tiles: Sequence[TileId], precisions: dict[str, str],
+                  n_gpu: int) -> None:
+    """Check the record, plan the workers and embed every tile not done yet (the folder lock held).
+
+    Args:
+        precisions: the precision of the CPU (and GPU) workers, :func:`worker_precisions`.
+        n_gpu: GPUs to use.
+    """
+    output_dir = settings.output_dir
+    remove_stale_temporaries(output_dir)
+    record_precision = (precisions["cpu"] if len(set(precisions.values())) == 1
+                        else ", ".join(f"{k} {v}" for k, v in precisions.items()))
     # tiles already there must come from the same checkpoint, family, statistics and sampling settings
-    wrote_record = check_or_write_record(args.output_dir, inference_record(
-        args.checkpoint, model, replace(options, precision=record_precision)))
+    wrote_record = check_or_write_record(output_dir, inference_record(
+        settings.checkpoint, model, settings.inference_options(record_precision)))
     try:
-        _plan_and_run(args, model, tiles, options, precisions, log_dir, split=split, n_gpu=n_gpu,
-                      asked_for_gpu=asked_for_gpu)
+        _plan_and_run(settings, model, tiles, precisions, n_gpu)
     except BaseException:
-        if wrote_record and not any(args.output_dir.glob("*.npy")):  # a failed first run leaves no record
-            (args.output_dir / INFERENCE_RECORD_FILE).unlink(missing_ok=True)
+        if wrote_record and not any(output_dir.glob("*.npy")):  # a failed first run leaves no record
+            (output_dir / INFERENCE_RECORD_FILE).unlink(missing_ok=True)
         raise
 
 
-def _plan_and_run(args: argparse.Namespace, model: BTFM, tiles: Sequence[TileId],
-                  options: InferenceOptions, precisions: dict[str, str], log_dir: Path, *, split: tuple[int, int],
-                  n_gpu: int, asked_for_gpu: bool) -> None:
+def _plan_and_run(settings: InferSettings, model: BTFM, tiles: Sequence[TileId], precisions: dict[str, str],
+                  n_gpu: int) -> None:
     """Plan the workers for the pending tiles and run them."""
-    pending = [t for t in tiles if not representation_path(args.output_dir, t).exists()]
+    pending = [t for t in tiles if not representation_path(settings.output_dir, t).exists()]
     # validate the tile contract before any work, and count the pixels to embed
-    roi_pixels = scan_tiles(args.tiles_dir, pending)  # also warns about tiles without any valid S2 observation
-    check_free_space(args.output_dir, sum(t.shape[0] * t.shape[1] for t in pending) * output_dim(model, options) * 4,
+    roi_pixels = scan_tiles(settings.tiles_dir, pending)  # also warns about tiles without any valid S2 observation
+    options = settings.inference_options(precisions["cpu"])
+    check_free_space(settings.output_dir,
+                     sum(t.shape[0] * t.shape[1] for t in pending) * output_dim(model, options) * 4,
                      f"the embeddings of {len(pending)} tile(s)")
-    if split[1] > 0 and args.max_gpu > 0 and n_gpu == 0 and asked_for_gpu:
+    if settings.split[1] > 0 and settings.max_gpu > 0 and n_gpu == 0 and settings.asked_for_gpu:
         log.warning("no CUDA GPU found: the GPU share of tiles runs on the CPU workers")
     plans = [replace(p, precision=precisions[torch.device(p.device).type])
-             for p in plan_workers(pending, split, args.max_cpu if n_gpu else max(1, args.max_cpu),
-                                   min(n_gpu, args.max_gpu), args.cores, args.cpu_batch_size, args.gpu_batch_size)]
-    workers = (f"Dask ({args.scheduler or f'{args.dask_local} local workers'})"
-               if args.scheduler or args.dask_local else
+             for p in plan_workers(pending, settings.split, settings.max_cpu if n_gpu else max(1, settings.max_cpu),
+                                   min(n_gpu, settings.max_gpu), settings.cores, settings.options.batch_size,
+                                   settings.gpu_batch_size)]
+    workers = (f"Dask ({settings.scheduler or f'{settings.dask_local} local workers'})" if settings.on_dask else
                ", ".join(f"{p.name} ({len(p.tiles)} tiles, {p.threads} threads)" for p in plans) or "no worker")
     log.info("%d tile(s), %d already done, %d to embed with %s", len(tiles), len(tiles) - len(pending),
              len(pending), workers)
     started = time.perf_counter()
     total_pixels = sum(roi_pixels.values())
-    if pending and (args.scheduler or args.dask_local):
+    if pending and settings.on_dask:
         from btfm_infer.dask_backend import run_on_dask
 
-        run_on_dask(pending, args.tiles_dir, args.output_dir, args.checkpoint.resolve(), options,
-                    scheduler=args.scheduler, local_workers=args.dask_local,
-                    threads_per_worker=max(1, args.cores // max(1, args.dask_local or 1)),
+        run_on_dask(pending, settings.tiles_dir, settings.output_dir, settings.checkpoint.resolve(), options,
+                    scheduler=settings.scheduler, local_workers=settings.dask_local,
+                    threads_per_worker=max(1, settings.cores // max(1, settings.dask_local or 1)),
                     total_pixels=total_pixels)
     elif len(plans) == 1 and plans[0].device == "cpu":
-        run_in_process(plans[0], model, args, options, total_pixels)
+        run_in_process(plans[0], model, settings, total_pixels)
     elif plans:
-        run_workers(plans, args, log_dir, total_pixels)
+        run_workers(plans, settings, total_pixels)
     seconds = time.perf_counter() - started
-    pixels = sum(roi_pixels.values())
-    log.info("embedded %d tile(s), %d px in %.1f s (%.0f px/s); outputs in %s", len(pending), pixels,
-             seconds, pixels / max(seconds, 1e-9), args.output_dir)
+    log.info("embedded %d tile(s), %d px in %.1f s (%.0f px/s); outputs in %s", len(pending), total_pixels,
+             seconds, total_pixels / max(seconds, 1e-9), settings.output_dir)
 
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """Embed all pending tiles; exit 0 on success, 2 on bad input or a failed worker."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.tiles_dir = args.tiles_dir.expanduser().resolve()
-    run = RunLayout(args.tiles_dir.parent)
-    args.output_dir = (args.output_dir or run.representation_dir).expanduser().resolve()
-    log_dir = (args.log_dir or run.logs_dir).expanduser().resolve()
+    args = build_parser().parse_args(argv)
     setup_logging(None, args.verbosity)
-    split = parse_split(args.cpu_gpu_split)
-    asked_for_gpu = args.max_gpu is not None
-    if args.max_gpu is None:
-        args.max_gpu = torch.cuda.device_count()
-    if min(args.max_cpu, args.max_gpu) < 0:
-        raise BTFMError("--max-cpu and --max-gpu must be >= 0")
-    if args.max_cpu + args.max_gpu == 0:
-        raise BTFMError("no worker to run: --max-cpu is 0 and " +
-                        ("--max-gpu is 0" if asked_for_gpu else "no CUDA GPU was found; raise --max-cpu"))
-    if min(args.cores, args.cpu_batch_size, args.gpu_batch_size, args.repeat) < 1:
-        raise BTFMError("--cores, --cpu-batch-size, --gpu-batch-size and --repeat must be >= 1")
-    if args.seed < 0:
-        raise BTFMError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.engine == "onnxruntime" and args.precision in ("bf16", "int8"):
-        raise BTFMError(f"--precision {args.precision} applies to the torch engine; use --engine torch with it, or "
-                        "fp32 with --engine onnxruntime")
-    tiles = list_tiles(args.tiles_dir)
-    check_single_run(args.tiles_dir, tiles)  # tiles of two preprocessing runs never make one map
+    settings = settings_from_args(args)
+    tiles = list_tiles(settings.tiles_dir)
+    check_single_run(settings.tiles_dir, tiles)  # tiles of two preprocessing runs never make one map
     # fail before creating anything on a missing or foreign checkpoint, undecided statistics or a bad --dim
-    model = load_checked_model(args, finished_run_metadata(args.tiles_dir))
-    ensure_writable_dir(args.output_dir, "output folder (--output-dir)")
-    ensure_writable_dir(log_dir, "log folder (--log-dir)")
-    setup_logging(log_dir / "infer_all_tiles.log", args.verbosity)
-    log.info("%s", describe_model(model, args))
-    n_gpu = torch.cuda.device_count() if args.max_gpu > 0 else 0
-    precisions = worker_precisions("fp32" if args.engine == "onnxruntime" and args.precision == "auto"
-                                   else args.precision,
-                                   gpus=n_gpu > 0 and split[1] > 0 and not (args.dask_local or args.scheduler))
+    model, settings = load_checked_model(settings, finished_run_metadata(settings.tiles_dir))
+    ensure_writable_dir(settings.output_dir, "output folder (--output-dir)")
+    ensure_writable_dir(settings.log_dir, "log folder (--log-dir)")
+    setup_logging(settings.log_dir / "infer_all_tiles.log", args.verbosity)
+    log.info("%s", describe_model(model, settings))
+    n_gpu = torch.cuda.device_count() if settings.max_gpu > 0 else 0
+    asked = settings.options.precision
+    precisions = worker_precisions("fp32" if settings.options.engine == "onnxruntime" and asked == "auto" else asked,
+                                   gpus=n_gpu > 0 and settings.split[1] > 0 and not settings.on_dask)
     log.info("precision: %s (--precision %s; CPU: %s)", ", ".join(f"{k} {v}" for k, v in precisions.items()),
-             args.precision, cpu_description())
-    options = InferenceOptions(args.seed, args.repeat, args.cpu_batch_size, precisions["cpu"], args.engine,
-                               args.model_family, args.stats, args.dim)
-    record_precision = (precisions["cpu"] if len(set(precisions.values())) == 1
-                        else ", ".join(f"{k} {v}" for k, v in precisions.items()))
-    with folder_lock(args.output_dir, "inference"):  # one run per output folder at a time
-        embed_pending(args, model, tiles, options, precisions, record_precision, log_dir,
-                      split=split, n_gpu=n_gpu, asked_for_gpu=asked_for_gpu)
-    print(args.output_dir)
+             asked, cpu_description())
+    with folder_lock(settings.output_dir, "inference"):  # one run per output folder at a time
+        embed_pending(settings, model, tiles, precisions, n_gpu)
+    print(settings.output_dir)
     return 0
 
 

@@ -190,12 +190,6 @@ def _geotiff_header(path: Path) -> tuple[Grid, str, float | None, list[str], dic
     return header
 
 
-def same_grid(a: Grid, b: Grid) -> bool:
-    """Whether two grids are the same up to floating-point noise (shape, transform, CRS)."""
-    return (a.shape == b.shape and a.rasterio_crs == b.rasterio_crs
-            and np.allclose(list(a.transform)[:6], list(b.transform)[:6], atol=1e-6 * max(a.resolution)))
-
-
 def _open_geotiff(path: Path, dequantise_codes: bool, chunks: int) -> xr.DataArray:
     from btfm_infer.export_cog import scales_path
 
@@ -209,7 +203,7 @@ def _open_geotiff(path: Path, dequantise_codes: bool, chunks: int) -> xr.DataArr
         raise InputDataError(f"{path} holds int8 codes but its scales {scales_file.name} are not beside it; put "
                              "the scales file back, or pass the float32 GeoTIFF or the .npy")
     with rasterio.open(scales_file) as src:
-        if not same_grid(Grid.from_dataset(src), grid):
+        if not Grid.from_dataset(src).same_as(grid):
             raise InputDataError(f"{scales_file} is not on the grid of {path}; re-export both with convert_npy2tiff.py")
     scales = _raster_band(scales_file, chunks)[0]
     return _embedding_array(data, scales, nodata, grid, bands, attrs, dequantise_codes)
@@ -291,8 +285,7 @@ def npy_grid(path: Path) -> Grid:
                              "pass the GeoTIFF export instead, or re-run btfm-stitch --overwrite")
     try:
         record = json.loads(record_file.read_text())
-        grid = Grid(str(record["crs"]), Affine(*record["transform"][:6]), int(record["shape"][0]),
-                    int(record["shape"][1]))
+        grid = Grid.from_record(record)
         grid.rasterio_crs  # noqa: B018  (checks the CRS)
     except (OSError, ValueError, KeyError, TypeError, IndexError, rasterio.errors.CRSError) as exc:
         raise InputDataError(f"grid record {record_file} is unreadable ({exc}); re-run btfm-stitch --overwrite") \
@@ -316,7 +309,7 @@ def _open_npy(path: Path, dequantise_codes: bool, chunks: int) -> xr.DataArray:
     inside = None
     if roi_file.is_file():
         with rasterio.open(roi_file) as src:
-            on_grid, roi_nodata = same_grid(Grid.from_dataset(src), grid), src.nodata
+            on_grid, roi_nodata = Grid.from_dataset(src).same_as(grid), src.nodata
         if on_grid:
             inside = _raster_band(roi_file, chunks)[0].map_blocks(inside_mask, roi_nodata, dtype=bool)
     if inside is None:

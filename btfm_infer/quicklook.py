@@ -20,11 +20,11 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from btfm_core.fileio import atomic_path
-from btfm_core.roi import Roi, open_roi
-from btfm_infer.stitch_tiled_representation import open_stitched, read_npy_window
+from btfm_core.roi import Roi
+from btfm_infer.embedding_map import EmbeddingMap, as_map
 
 __all__ = ["DEFAULT_MAX_SIZE", "HIGH_PERCENTILE", "LOW_PERCENTILE", "MAX_SAMPLES", "fit_pca", "project",
-           "quicklook_stride", "robust_stretch", "write_quicklook_png"]
+           "quicklook_rgba", "quicklook_stride", "robust_stretch", "write_quicklook_png"]
 
 log = logging.getLogger(__name__)
 
@@ -101,46 +101,79 @@ def quicklook_stride(height: int, width: int, max_size: int) -> int:
     return max(1, math.ceil(max(height, width) / max_size))
 
 
-def _strided_blocks(npy_path: Path, shape: tuple[int, int, int], roi: Roi,
-                    stride: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _strided_blocks(emap: EmbeddingMap, stride: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(out_row0, valid, vectors)`` per block of rows of the strided grid.
 
     ``valid`` (h, w) bool is inside the ROI with a finite, non-zero embedding; ``vectors`` is
     the (h, w, C) float32 embedding of those strided pixels.
     """
-    height, width, channels = shape
+    height, width, channels = emap.shape
     out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
     rows = max(1, _BLOCK_BYTES // (out_w * channels * 8))
     for o0 in range(0, out_h, rows):
         o1 = min(out_h, o0 + rows)
         r0, r1 = o0 * stride, (o1 - 1) * stride + 1
-        mask = roi.read_mask(roi.grid.window(0, r0, width, r1))[::stride, ::stride]
-        vectors = read_npy_window(npy_path, np.s_[r0:r1:stride, ::stride]).astype(np.float32, copy=False)
+        mask = emap.roi.read_mask(emap.grid.window(0, r0, width, r1))[::stride, ::stride]
+        vectors = emap.read(np.s_[r0:r1:stride, ::stride]).astype(np.float32, copy=False)
         valid = (mask != 0) & np.any(vectors != 0, axis=-1) & np.all(np.isfinite(vectors), axis=-1)
         yield o0, valid, vectors
 
 
-def _gather(npy_path: Path, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _gather(emap: EmbeddingMap, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """(N, C) float64 vectors at pixel ``(rows, cols)``, read a bounded number at a time."""
-    parts = [read_npy_window(npy_path, (rows[i:i + _GATHER], cols[i:i + _GATHER])).astype(np.float64)
+    parts = [emap.read((rows[i:i + _GATHER], cols[i:i + _GATHER])).astype(np.float64)
              for i in range(0, len(rows), _GATHER)]
     return np.concatenate(parts)
 
 
-def write_quicklook_png(npy_path: str | os.PathLike[str], roi: Roi | str | os.PathLike[str],
-                        out_path: str | os.PathLike[str], max_size: int = DEFAULT_MAX_SIZE,
-                        seed: int = 0, tags: Mapping[str, str] | None = None) -> Path:
-    """Write an RGBA PNG of the embedding's first three principal components.
+def quicklook_rgba(emap: EmbeddingMap, stride: int, seed: int = 0) -> np.ndarray:
+    """(4, ceil(H / stride), ceil(W / stride)) uint8 RGBA of the map's first three principal components.
 
     The PCA and the 2nd–98th percentile stretch are fitted on a random sample (up to
-    100 000, drawn with ``seed``) of the shown pixels that are inside the ROI and have a
-    non-zero embedding. The image is the embedding sampled every ``stride`` pixels, the
-    smallest integer stride that keeps the long side <= ``max_size``. Alpha is 0 outside the
-    ROI and where the embedding is all zero. The PNG carries no georeferencing.
+    :data:`MAX_SAMPLES`, drawn with ``seed``) of the shown pixels that are inside the ROI and
+    have a non-zero embedding; alpha is 0 elsewhere (all transparent if there is none).
+    """
+    (height, width, channels), path = emap.shape, emap.path
+    out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
+    valid = np.zeros((out_h, out_w), bool)
+    for o0, block_valid, _ in _strided_blocks(emap, stride):
+        valid[o0:o0 + block_valid.shape[0]] = block_valid
+    candidates = np.flatnonzero(valid)
+    rgba = np.zeros((4, out_h, out_w), np.uint8)
+    if candidates.size == 0:
+        log.warning("%s has no non-zero embedding inside the ROI: the quick-look is transparent", path)
+        return rgba
+    count = min(MAX_SAMPLES, candidates.size)
+    picked = np.sort(np.random.default_rng(seed).choice(candidates, size=count, replace=False))
+    rows, cols = np.divmod(picked, out_w)
+    samples = _gather(emap, rows * stride, cols * stride)
+    n_components = min(3, channels)
+    mean, components = fit_pca(samples, n_components)
+    coords = project(samples, mean, components)
+    low = np.percentile(coords, LOW_PERCENTILE, axis=0)
+    high = np.percentile(coords, HIGH_PERCENTILE, axis=0)
+    for o0, block_valid, vectors in _strided_blocks(emap, stride):
+        o1 = o0 + block_valid.shape[0]
+        block = project(vectors, mean, components)
+        for band in range(3):
+            k = min(band, n_components - 1)  # fewer than 3 channels: repeat the last component
+            rgba[band, o0:o1] = np.where(block_valid, robust_stretch(block[..., k], low[k], high[k]), 0)
+        rgba[3, o0:o1] = np.where(block_valid, 255, 0)
+    log.info("quick-look: PCA of %d sampled pixel(s), stride %d, %d x %d px", count, stride, out_w, out_h)
+    return rgba
+
+
+def write_quicklook_png(embedding: EmbeddingMap | str | os.PathLike[str], roi: Roi | str | os.PathLike[str] | None,
+                        out_path: str | os.PathLike[str], max_size: int = DEFAULT_MAX_SIZE,
+                        seed: int = 0, tags: Mapping[str, str] | None = None) -> Path:
+    """Write an RGBA PNG of the embedding's first three principal components (:func:`quicklook_rgba`).
+
+    The image is the embedding sampled every ``stride`` pixels, the smallest integer stride that
+    keeps the long side <= ``max_size``. The PNG carries no georeferencing.
 
     Args:
-        npy_path: the stitched (H, W, C) embedding, H, W = the ROI's size.
-        roi: the ROI (or its GeoTIFF path).
+        embedding: the map, or its stitched (H, W, C) ``.npy`` (then ``roi`` is its ROI or the
+            ROI's GeoTIFF).
         out_path: the PNG to write (replaced atomically if it exists).
         max_size: longest side of the PNG in pixels.
         seed: seed of the pixel sample; the same seed gives the same bytes.
@@ -153,42 +186,10 @@ def write_quicklook_png(npy_path: str | os.PathLike[str], roi: Roi | str | os.Pa
         InputDataError: if the embedding is unreadable or does not match the ROI.
         InvalidROIError: if the ROI cannot be used.
     """
-    out_path, npy_path = Path(out_path), Path(npy_path)
-    if not isinstance(roi, Roi):
-        roi = open_roi(roi)
-    shape = open_stitched(npy_path, roi).shape
-    height, width, channels = shape
-    stride = quicklook_stride(height, width, max_size)
-    out_h, out_w = math.ceil(height / stride), math.ceil(width / stride)
-
-    valid = np.zeros((out_h, out_w), bool)
-    for o0, block_valid, _ in _strided_blocks(npy_path, shape, roi, stride):
-        valid[o0:o0 + block_valid.shape[0]] = block_valid
-    candidates = np.flatnonzero(valid)
-    rgba = np.zeros((4, out_h, out_w), np.uint8)
-    if candidates.size == 0:
-        log.warning("%s has no non-zero embedding inside the ROI: the quick-look is transparent",
-                    npy_path)
-    else:
-        rng = np.random.default_rng(seed)
-        count = min(MAX_SAMPLES, candidates.size)
-        picked = np.sort(rng.choice(candidates, size=count, replace=False))
-        rows, cols = np.divmod(picked, out_w)
-        samples = _gather(npy_path, rows * stride, cols * stride)
-        n_components = min(3, channels)
-        mean, components = fit_pca(samples, n_components)
-        coords = project(samples, mean, components)
-        low = np.percentile(coords, LOW_PERCENTILE, axis=0)
-        high = np.percentile(coords, HIGH_PERCENTILE, axis=0)
-        for o0, block_valid, vectors in _strided_blocks(npy_path, shape, roi, stride):
-            o1 = o0 + block_valid.shape[0]
-            block = project(vectors, mean, components)
-            for band in range(3):
-                k = min(band, n_components - 1)  # fewer than 3 channels: repeat the last component
-                rgba[band, o0:o1] = np.where(block_valid, robust_stretch(block[..., k], low[k], high[k]), 0)
-            rgba[3, o0:o1] = np.where(block_valid, 255, 0)
-        log.info("quick-look: PCA of %d sampled pixel(s), stride %d, %d x %d px", count, stride,
-                 out_w, out_h)
+    out_path, emap = Path(out_path), as_map(embedding, roi)
+    height, width, _ = emap.shape
+    rgba = quicklook_rgba(emap, quicklook_stride(height, width, max_size), seed)
+    out_h, out_w = rgba.shape[1:]
     with atomic_path(out_path) as tmp, warnings.catch_warnings():
         # a plain image: no CRS or transform on purpose, so silence rasterio's warning about it
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

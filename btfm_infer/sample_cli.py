@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.cli import HelpFormatter, add_overwrite_option, add_standard_options, entry_point, prog_name
 from btfm_core.errors import BTFMError
 from btfm_core.fileio import atomic_path, ensure_writable_dir, refuse_overwrite
 from btfm_core.logs import setup_logging
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="table to write: .parquet or .csv")
     parser.add_argument("--codes", action="store_true",
                         help="int8 maps: write the int8 codes and a scale column instead of code x scale")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_overwrite_option(parser, "replace an existing --out")
     add_standard_options(parser)
     return parser
 

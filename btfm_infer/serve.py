@@ -58,6 +58,7 @@ from btfm_core.grid import Grid
 from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
 from btfm_core.run import RunLayout
+from btfm_infer.embedding_map import EmbeddingMap
 from btfm_infer.export_common import INT8_NODATA
 from btfm_infer.quicklook import (
     DEFAULT_MAX_SIZE,
@@ -69,7 +70,6 @@ from btfm_infer.quicklook import (
     quicklook_stride,
     robust_stretch,
 )
-from btfm_infer.stitch_tiled_representation import open_stitched, read_npy_window
 
 __all__ = ["BadRequestError", "EmbeddingSource", "Explorer", "ExplorerServer", "NpySource", "Settings", "TiffSource",
            "main", "make_server", "open_source"]
@@ -204,23 +204,24 @@ class NpySource:
 
     @classmethod
     def open(cls, npy: Path, roi_path: Path) -> NpySource:
-        """Check the ``.npy`` against the ROI (:func:`open_stitched`) and describe it."""
-        roi = open_roi(roi_path)
-        data = open_stitched(npy, roi)
-        channels = int(data.shape[2])
-        del data
-        return cls(npy, roi, roi.grid, channels)
+        """Check the ``.npy`` against the ROI (:meth:`EmbeddingMap.open`) and describe it."""
+        emap = EmbeddingMap.open(npy, open_roi(roi_path))
+        return cls(npy, emap.roi, emap.grid, emap.channels)
+
+    @property
+    def embedding_map(self) -> EmbeddingMap:
+        return EmbeddingMap(self.path, self.roi, self.channels, np.dtype(np.float32))
 
     def read_rows(self, row0: int, row1: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`EmbeddingSource`."""
         window = self.grid.window(0, row0, self.grid.width, row1)
         inside = self.roi.read_mask(window)[::stride, ::stride] != 0
-        vectors = read_npy_window(self.path, np.s_[row0:row1:stride, ::stride]).astype(np.float32, copy=False)
+        vectors = self.embedding_map.read(np.s_[row0:row1:stride, ::stride]).astype(np.float32, copy=False)
         return _valid_vectors(vectors, inside)
 
     def read_pixels(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`EmbeddingSource`."""
-        vectors = read_npy_window(self.path, (rows, cols)).astype(np.float32, copy=False)
+        vectors = self.embedding_map.read((rows, cols)).astype(np.float32, copy=False)
         with rasterio.open(self.roi.path) as src:
             values = np.array([src.read(1, window=Window(int(c), int(r), 1, 1))[0, 0]
                                for r, c in zip(rows, cols, strict=True)])

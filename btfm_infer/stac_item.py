@@ -432,8 +432,9 @@ def build_item(item_id: str, grid: Grid, provenance: Provenance, assets: Sequenc
         raise InputDataError("no observation period is known for the STAC item; pass --run-metadata")
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = grid.rasterio_crs.to_epsg()
-    proj.apply(code=f"EPSG:{epsg}" if epsg else None, wkt2=None if epsg else grid.crs, shape=list(grid.shape),
-               transform=list(grid.transform)[:6], bbox=list(grid.bounds))
+    record = grid.to_record()
+    proj.apply(code=f"EPSG:{epsg}" if epsg else None, wkt2=None if epsg else record["crs"], shape=record["shape"],
+               transform=record["transform"], bbox=list(grid.bounds))
     for spec in assets:
         asset = pystac.Asset(_href(spec.path, item_path), title=spec.title, media_type=spec.media_type,
                              roles=list(spec.roles), extra_fields={**spec.extra, **file_fields(spec.path)})

@@ -15,12 +15,20 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.cli import (
+    HelpFormatter,
+    add_log_file_option,
+    add_overwrite_option,
+    add_standard_options,
+    add_tiles_dir_option,
+    entry_point,
+    prog_name,
+)
 from btfm_core.errors import BTFMError, InputDataError, TileFormatError
 from btfm_core.fileio import (
     TMP_PREFIX,
@@ -37,8 +45,9 @@ from btfm_core.progress import progress
 from btfm_core.roi import Roi, open_roi
 from btfm_core.run import INFERENCE_RECORD_FILE, STITCHED_STEM, InferenceRecord, RunLayout, RunRecordError
 from btfm_core.tiles import EMBEDDING_DIM, TileId, check_single_run, list_tiles
+from btfm_infer.embedding_map import EmbeddingMap
 
-__all__ = ["DEFAULT_OUT_NAME", "StitchSummary", "main", "open_stitched", "read_npy_window", "record_path", "stitch"]
+__all__ = ["DEFAULT_OUT_NAME", "StitchSummary", "main", "record_path", "stitch"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +84,7 @@ class StitchSummary:
         covered_pixels: mosaic pixels covered by a tile (the rest are zero).
         uncovered_roi_pixels: ROI (non-zero) pixels covered by no tile.
         path: the ``.npy`` file written, (height, width, 128) float32.
+        roi: the ROI it was stitched for (with ``path``: :attr:`embedding_map`).
     """
 
     tiles: int
@@ -83,6 +93,14 @@ class StitchSummary:
     covered_pixels: int
     uncovered_roi_pixels: int
     path: Path
+    roi: Roi | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def embedding_map(self) -> EmbeddingMap:
+        """The stitched map, for the exporters."""
+        if self.roi is None:
+            raise InputDataError(f"{self.path}: the summary does not name its ROI")
+        return EmbeddingMap.open(self.path, self.roi)
 
 
 def _name_list(names: Iterable[str]) -> str:
@@ -241,9 +259,9 @@ def _inputs_digest(files: Sequence[TileFile], roi: Roi) -> str:
 
 
 def _stitch_record(roi: Roi, dim: int, nbytes: int, digest: str) -> dict[str, object]:
-    grid = roi.grid
-    return {"schema_version": 1, "crs": grid.crs, "transform": list(grid.transform)[:6], "shape": [*grid.shape, dim],
-            "dtype": "float32", "bytes": nbytes, "inputs": digest}
+    grid = roi.grid.to_record()
+    return {"schema_version": 1, **grid, "shape": [*grid["shape"], dim], "dtype": "float32", "bytes": nbytes,
+            "inputs": digest}
 
 
 def _is_current(out_path: Path, digest: str) -> bool:
@@ -293,7 +311,7 @@ def stitch(representation_dir: str | os.PathLike[str], roi: Roi | str | os.PathL
     digest = _inputs_digest(files, roi)
     covered_roi = sum(int(roi.read_mask(f.tile.grid(roi.grid)).sum()) for f in files)
     summary = StitchSummary(tiles=len(files), height=height, width=width, covered_pixels=covered,
-                            uncovered_roi_pixels=roi.inside_pixels - covered_roi, path=out_path)
+                            uncovered_roi_pixels=roi.inside_pixels - covered_roi, path=out_path, roi=roi)
     if out_path.exists() and not overwrite:
         if _is_current(out_path, digest):
             log.info("%s is complete and made from these tiles; nothing to do (pass --overwrite to redo)", out_path)
@@ -319,54 +337,6 @@ def stitch(representation_dir: str | os.PathLike[str], roi: Roi | str | os.PathL
     return summary
 
 
-def open_stitched(npy_path: str | os.PathLike[str], roi: Roi) -> np.ndarray:
-    """Memory-map a stitched embedding and check that it fits the ROI grid.
-
-    Args:
-        npy_path: a (H, W, C) floating-point ``.npy`` (C = 128 for BTFM), H, W = the ROI's size.
-        roi: the ROI it was stitched for.
-
-    Returns:
-        The read-only (H, W, C) memory map.
-
-    Raises:
-        InputDataError: naming the file, if it is missing, unreadable, not (H, W, C) with the
-            ROI's H and W, or not floating point.
-    """
-    path = Path(npy_path)
-    if not path.is_file():
-        raise InputDataError(f"embedding file {path} does not exist; make it with "
-                             "stitch_tiled_representation.py or check --npy")
-    try:
-        data: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputDataError(f"{path}: not a readable .npy array ({exc}); the file is corrupt or "
-                             "truncated, re-run stitch_tiled_representation.py --overwrite") from exc
-    if data.ndim != 3 or data.shape[2] == 0:
-        raise InputDataError(f"{path}: shape {data.shape}, expected (H, W, C) = "
-                             f"({roi.grid.height}, {roi.grid.width}, {EMBEDDING_DIM})")
-    if tuple(data.shape[:2]) != roi.grid.shape:
-        raise InputDataError(
-            f"{path} has shape {data.shape} but the ROI {roi.path} is {roi.grid.shape} (H, W): the "
-            "embedding was stitched for another ROI. Pass the ROI it was made from.")
-    if data.dtype.kind != "f":
-        raise InputDataError(f"{path}: dtype {data.dtype}, expected floating point (float32)")
-    return data
-
-
-def read_npy_window(npy_path: str | os.PathLike[str], index: object) -> np.ndarray:
-    """Copy ``array[index]`` out of a ``.npy`` through a short-lived memory map.
-
-    Mapping the file only for the read keeps the process's resident memory bounded by the
-    window, not the file, however many windows are read.
-    """
-    data = np.load(npy_path, mmap_mode="r", allow_pickle=False)
-    try:
-        return np.array(data[index])
-    finally:
-        del data
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command line of the stitching step."""
     parser = argparse.ArgumentParser(
@@ -388,12 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", "--out_dir", dest="out_dir", type=Path, default=None,
                         help="output folder (default: the parent of --representation-dir)")
     parser.add_argument("--out-name", default=DEFAULT_OUT_NAME, help="output file name")
-    parser.add_argument("--tiles-dir", "--d_pixel_retiled_path", dest="tiles_dir", type=Path, default=None,
-                        help="tile folders of the run: if given, every one must have a representation "
-                             "(default: stitch what exists and warn about uncovered ROI pixels)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--log-file", type=Path, default=None,
-                        help="log file (default: <out-dir>/logs/stitch.log)")
+    add_tiles_dir_option(parser, "tile folders of the run: if given, every one must have a representation "
+                                 "(default: stitch what exists and warn about uncovered ROI pixels)",
+                         aliases=("--d_pixel_retiled_path",))
+    add_overwrite_option(parser, "replace an existing output")
+    add_log_file_option(parser, "<out-dir>/logs/stitch.log")
     add_standard_options(parser)
     return parser
 

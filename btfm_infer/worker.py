@@ -1,10 +1,13 @@
 """One inference worker process: embeds a list of tiles on one device.
 
-Started by :mod:`btfm_infer.infer_all_tiles`; can also be run by hand for a single tile::
+Started by :mod:`btfm_infer.infer_all_tiles` with a :class:`WorkerJob`: the settings the driver
+decided (paths, tiles, device, threads, :class:`~btfm_infer.tile_inference.InferenceOptions`) as
+JSON, in a file or inline; it can also be run by hand for a single tile::
 
-    python -m btfm_infer.worker --tiles-dir D --output-dir O --checkpoint C --tiles 0_0_500_500
+    python -m btfm_infer.worker --job '{"tiles_dir": "D", "output_dir": "O", "checkpoint": "C",
+                                        "tiles": ["0_0_500_500"]}'
 
-Under a driver (``--parent-pid``, ``--failure-file``) the worker dies with the driver
+Under a driver (the job's ``parent_pid`` and ``failure_file``) the worker dies with the driver
 (``PR_SET_PDEATHSIG`` on Linux, and a check of its parent pid at every progress write), stops
 cleanly and silently on SIGTERM or SIGINT, and records a failure (tile, one-line message, type)
 in the failure file for the driver to report instead of printing it.
@@ -14,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -29,18 +33,17 @@ from btfm_core.cli import EXIT_USAGE, HelpFormatter, add_standard_options, entry
 from btfm_core.errors import BTFMError
 from btfm_core.logs import setup_logging
 from btfm_core.tiles import TileId
-from btfm_infer.checkpoint import V11_SOURCES, load_model
-from btfm_infer.families import FAMILY_NAMES
-from btfm_infer.hardware import PRECISIONS, resolve_precision
+from btfm_infer.checkpoint import load_model
+from btfm_infer.hardware import resolve_precision
 from btfm_infer.model import BTFM, quantise_dynamic_int8
-from btfm_infer.onnx_engine import ENGINES, EngineModel, with_engine
+from btfm_infer.onnx_engine import EngineModel, with_engine
 from btfm_infer.progress import ProgressFile, write_failure_file
 from btfm_infer.tile_inference import InferenceOptions, infer_tile, representation_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXIT_STOPPED", "FILE_ONLY", "DriverGone", "build_parser", "die_with_parent", "is_out_of_memory",
-           "load_worker_model", "main", "one_line", "prepare_model", "run_tiles"]
+__all__ = ["EXIT_STOPPED", "FILE_ONLY", "DriverGone", "WorkerJob", "build_parser", "die_with_parent",
+           "is_out_of_memory", "load_worker_model", "main", "one_line", "prepare_model", "read_job", "run_tiles"]
 
 #: ``PR_SET_PDEATHSIG`` of ``<linux/prctl.h>``.
 PR_SET_PDEATHSIG = 1
@@ -114,33 +117,81 @@ def prepare_model(model: BTFM, options: InferenceOptions, threads: int | None = 
     return with_engine(model, options.engine, threads)
 
 
+@dataclass(frozen=True)
+class WorkerJob:
+    """What one worker process does, as the driver decided it (sent as JSON: :meth:`to_json`).
+
+    Attributes:
+        tiles_dir, output_dir: the run's tile folder and where ``<tile>.npy`` go.
+        checkpoint: the model checkpoint.
+        tiles: tile names to embed, in order.
+        options: seed, repeat, batch size, precision (``auto`` is resolved for ``device``), engine,
+            family, statistics and dimensions.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: torch CPU threads.
+        log_file: the worker's log (None: console only).
+        progress_file: ``{pixels_done, tiles_done, tile, updated}`` JSON written about every second.
+        failure_file: on failure ``{tile, message, type}`` JSON is written here and the console
+            stays quiet (the driver reports it).
+        parent_pid: the driver's pid: the worker exits when it dies or is no longer its parent.
+    """
+
+    tiles_dir: Path
+    output_dir: Path
+    checkpoint: Path
+    tiles: tuple[str, ...]
+    options: InferenceOptions = field(default_factory=InferenceOptions)
+    device: str = "cpu"
+    threads: int = 1
+    log_file: Path | None = None
+    progress_file: Path | None = None
+    failure_file: Path | None = None
+    parent_pid: int | None = None
+
+    _PATHS = ("tiles_dir", "output_dir", "checkpoint", "log_file", "progress_file", "failure_file")
+
+    def to_json(self) -> str:
+        """The job as one JSON object (paths as strings, the options nested)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update({key: None if data[key] is None else str(data[key]) for key in self._PATHS},
+                    tiles=list(self.tiles), options=asdict(self.options))
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerJob:
+        """Parse :meth:`to_json`'s output (missing optional fields take their defaults).
+
+        Raises:
+            BTFMError: not a JSON object, a missing or unknown field, a wrong type.
+        """
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            data.update({key: Path(data[key]) for key in cls._PATHS if data.get(key) is not None},
+                        tiles=tuple(data["tiles"]), options=InferenceOptions(**data.get("options", {})))
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BTFMError(f"not a worker job ({type(exc).__name__}: {exc}); --job takes the JSON that "
+                            "infer_all_tiles writes: tiles_dir, output_dir, checkpoint, tiles, ...") from exc
+
+
+def read_job(value: str) -> WorkerJob:
+    """``--job``: inline JSON (starts with ``{``) or the path of a JSON file."""
+    if value.lstrip().startswith("{"):
+        return WorkerJob.from_json(value)
+    try:
+        return WorkerJob.from_json(Path(value).read_text())
+    except OSError as exc:
+        raise BTFMError(f"--job {value}: cannot read it ({exc.strerror or exc})") from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Command line of one worker."""
+    """Command line of one worker: the job, and the console options."""
     parser = argparse.ArgumentParser(prog=prog_name("btfm_infer.worker"), description=__doc__,
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--tiles-dir", type=Path, required=True)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--tiles", nargs="+", required=True, help="tile names to embed")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bf16 where native on --device, else fp32; int8: CPU only")
-    parser.add_argument("--engine", choices=ENGINES, default="torch", help="forward engine on the CPU")
-    parser.add_argument("--model-family", choices=["auto", *FAMILY_NAMES], default="auto")
-    parser.add_argument("--stats", choices=V11_SOURCES, default=None, help="v1.1 statistics")
-    parser.add_argument("--dim", type=int, default=None, help="embedding dimensions written (Matryoshka)")
-    parser.add_argument("--log-file", type=Path, default=None)
-    parser.add_argument("--progress-file", type=Path, default=None,
-                        help="write {pixels_done, tiles_done, tile, updated} JSON here about every second")
-    parser.add_argument("--failure-file", type=Path, default=None,
-                        help="on failure write {tile, message, type} JSON here and keep the console quiet "
-                             "(the driver reports it)")
-    parser.add_argument("--parent-pid", type=int, default=None,
-                        help="the driver's pid: exit when it dies or this process is no longer its child")
+    parser.add_argument("--job", required=True,
+                        help="the worker's job as JSON (WorkerJob), inline or the path of a .json file")
     add_standard_options(parser)
     return parser
 
@@ -205,44 +256,42 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _embed(args: argparse.Namespace, progress: ProgressFile) -> int:
-    """Load the model and embed ``--tiles``; prints ``<tiles written> <pixels>`` on stdout."""
-    torch.set_num_threads(max(1, args.threads))
+def _embed(job: WorkerJob, progress: ProgressFile) -> int:
+    """Load the model and embed the job's tiles; prints ``<tiles written> <pixels>`` on stdout."""
+    torch.set_num_threads(max(1, job.threads))
     try:
-        device = torch.device(args.device)
+        device = torch.device(job.device)
     except RuntimeError as exc:
-        raise BTFMError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
-    engine = args.engine if device.type == "cpu" else "torch"
-    options = InferenceOptions(args.seed, args.repeat, args.batch_size,
-                               resolve_precision(args.precision, args.device), engine, args.model_family,
-                               args.stats, args.dim)
-    model = load_worker_model(args.checkpoint, args.device, options, args.threads)
-    tiles = [TileId.parse(name) for name in args.tiles]
-    written, pixels = run_tiles(model, args.tiles_dir, args.output_dir, tiles, options, progress)
+        raise BTFMError(f"device {job.device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    options = replace(job.options, precision=resolve_precision(job.options.precision, job.device),
+                      engine=job.options.engine if device.type == "cpu" else "torch")
+    tiles = [TileId.parse(name) for name in job.tiles]
+    model = load_worker_model(job.checkpoint, job.device, options, job.threads)
+    written, pixels = run_tiles(model, job.tiles_dir, job.output_dir, tiles, options, progress)
     print(written, pixels)
     return 0
 
 
-def _run_under_driver(args: argparse.Namespace) -> int:
-    """:func:`_embed` as a driver's worker: no orphan, a clean stop, the failure in ``--failure-file``."""
+def _run_under_driver(job: WorkerJob) -> int:
+    """:func:`_embed` as a driver's worker: no orphan, a clean stop, the failure in the job's failure file."""
     _stop_on_signals()  # first, so that the parent-death SIGTERM too stops the worker cleanly
     die_with_parent()
     _quiet_console()
-    progress = _DriverWatch(args.progress_file, args.parent_pid)
-    if args.failure_file is not None:
-        args.failure_file.unlink(missing_ok=True)
+    progress = _DriverWatch(job.progress_file, job.parent_pid)
+    if job.failure_file is not None:
+        job.failure_file.unlink(missing_ok=True)
     try:
         progress.check_parent()  # the driver may have died before PR_SET_PDEATHSIG was set
-        return _embed(args, progress)
+        return _embed(job, progress)
     except KeyboardInterrupt as exc:
         log.warning("stopped (%s)%s", exc or "interrupted", f" on tile {progress.tile}" if progress.tile else "",
                     extra=FILE_ONLY)
         return EXIT_STOPPED
     except Exception as exc:
         log.error("failed%s: %s", f" on tile {progress.tile}" if progress.tile else "", one_line(exc),
-                  exc_info=True, extra=FILE_ONLY if args.failure_file is not None else None)
-        if args.failure_file is not None:
-            write_failure_file(args.failure_file, progress.tile, one_line(exc), type(exc).__name__)
+                  exc_info=True, extra=FILE_ONLY if job.failure_file is not None else None)
+        if job.failure_file is not None:
+            write_failure_file(job.failure_file, progress.tile, one_line(exc), type(exc).__name__)
         return EXIT_USAGE if isinstance(exc, BTFMError) else 1
 
 
@@ -250,10 +299,11 @@ def _run_under_driver(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one worker; prints ``<tiles written> <pixels>`` on stdout."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_file, args.verbosity)
-    if args.parent_pid is None and args.failure_file is None:  # run by hand: errors as any entry point
-        return _embed(args, ProgressFile(args.progress_file))
-    return _run_under_driver(args)
+    job = read_job(args.job)
+    setup_logging(job.log_file, args.verbosity)
+    if job.parent_pid is None and job.failure_file is None:  # run by hand: errors as any entry point
+        return _embed(job, ProgressFile(job.progress_file))
+    return _run_under_driver(job)
 
 
 if __name__ == "__main__":

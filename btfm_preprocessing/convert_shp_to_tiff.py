@@ -24,7 +24,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from shapely.geometry.base import BaseGeometry
 
-from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.cli import HelpFormatter, add_overwrite_option, add_standard_options, entry_point, prog_name
 from btfm_core.errors import BTFMError, InvalidROIError, TooLargeError
 from btfm_core.fileio import atomic_path, ensure_writable_dir, human_bytes, refuse_overwrite
 from btfm_core.grid import Grid
@@ -250,8 +250,7 @@ def rasterize_roi(geometry: BaseGeometry, grid: Grid, burn_value: int = 1,
 
 def _write_geotiff(path: Path, mask: np.ndarray, grid: Grid) -> None:
     profile = {
-        "driver": "GTiff", "dtype": "uint8", "count": 1, "height": grid.height, "width": grid.width,
-        "crs": grid.rasterio_crs, "transform": grid.transform, "compress": "deflate",
+        "driver": "GTiff", "dtype": "uint8", "count": 1, **grid.profile(), "compress": "deflate",
         "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE,
     }
     with rasterio.open(path, "w", **profile) as dst:
@@ -334,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="burn every pixel touched by a polygon, not only pixel centres inside")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse an ROI raster of more pixels (it is built in memory, 1 byte a pixel)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_overwrite_option(parser, "replace an existing --out")
     add_standard_options(parser)
     return parser
 

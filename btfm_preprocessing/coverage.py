@@ -29,7 +29,14 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.cli import (
+    HelpFormatter,
+    add_log_file_option,
+    add_overwrite_option,
+    add_standard_options,
+    entry_point,
+    prog_name,
+)
 from btfm_core.errors import InvalidROIError, TileFormatError
 from btfm_core.fileio import atomic_path, check_free_space, ensure_writable_dir, refuse_overwrite
 from btfm_core.grid import Grid
@@ -142,8 +149,7 @@ def _write_counts(tiles_dir: Path, tiles: list[TileId], roi: Roi, out: Path, til
     """Write the GeoTIFF tile by tile; returns each band's maximum."""
     grid = roi.grid
     maxima = np.zeros(len(BANDS), np.int64)
-    profile = {**_PROFILE, "width": grid.width, "height": grid.height, "crs": grid.rasterio_crs,
-               "transform": grid.transform}
+    profile = {**_PROFILE, **grid.profile()}
     with rasterio.open(out, "w", **profile) as dst:
         for gap in _gaps(tiles, grid, tile_size):
             dst.write(np.full((len(BANDS), *gap.shape), NODATA, np.uint16), window=_window(gap))
@@ -241,9 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write (default: the run folder)")
     parser.add_argument("--roi", type=Path, default=None,
                         help="the run's ROI GeoTIFF (default: roi.tiff in the run folder, else the one recorded)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--log-file", type=Path, default=None,
-                        help="log file (default: logs/coverage.log in the output folder)")
+    add_overwrite_option(parser)
+    add_log_file_option(parser, "logs/coverage.log in the output folder")
     add_standard_options(parser)
     return parser
 

@@ -607,8 +607,7 @@ def geocode_grd(product: Path, grid: Grid, out_path: Path, *, polarisations: Seq
         if not overlaps:
             log.info("%s does not overlap the grid", safe.product_id)
         tile = math.gcd(block, 512)
-        profile = {"driver": "GTiff", "dtype": "float32", "count": len(pols), "height": grid.height,
-                   "width": grid.width, "crs": grid.rasterio_crs, "transform": grid.transform, "nodata": np.nan,
+        profile = {"driver": "GTiff", "dtype": "float32", "count": len(pols), **grid.profile(), "nodata": np.nan,
                    "tiled": True, "blockxsize": tile, "blockysize": tile, "compress": "deflate",
                    "predictor": 3, "BIGTIFF": "IF_SAFER"}
         max_pixels = MAX_WINDOW_FACTOR * block * block

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.cli import (
+    HelpFormatter,
+    add_log_file_option,
+    add_overwrite_option,
+    add_standard_options,
+    entry_point,
+    prog_name,
+)
 from btfm_core.errors import BTFMError, NoScenesFoundError
 from btfm_core.fileio import atomic_path, check_free_space, ensure_writable_dir, remove_stale_temporaries
 from btfm_core.locking import folder_lock
@@ -175,10 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip S2 scenes with more cloud cover than this (percent)")
     parser.add_argument("--keep-intermediate", action="store_true",
                         help="keep the search cache under <data-dir>/cache after the run")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="rebuild tiles made by a run with other settings instead of failing")
-    parser.add_argument("--log-file", type=Path, default=None,
-                        help="log file (default: <data-dir>/logs/preprocess.log)")
+    add_overwrite_option(parser, "rebuild tiles made by a run with other settings instead of failing")
+    add_log_file_option(parser, "<data-dir>/logs/preprocess.log")
     parser.add_argument("--dry-run", action="store_true",
                         help="search only, print the plan (tiles, days and scenes per tile, bytes to read, disk, "
                              "memory per worker) and stop; writes nothing but the search cache")

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from btfm_core.fileio import release_pages
 from btfm_core.grid import Grid
 from btfm_core.tiles import (
     BANDS_FILE,
@@ -30,6 +31,9 @@ from btfm_core.tiles import (
 from btfm_preprocessing.sources import AcquisitionDay, Scene
 
 log = logging.getLogger(__name__)
+
+#: Days written between two :func:`~btfm_core.fileio.release_pages` of a tile's arrays.
+RELEASE_EVERY_DAYS = 8
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -112,6 +116,8 @@ def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay]
             continue
         bands[len(kept)], masks[len(kept)] = result
         kept.append(day)
+        if len(kept) % RELEASE_EVERY_DAYS == 0:  # the written days leave memory: RSS stays at a few days
+            release_pages(bands)
     bands.flush()
     masks.flush()
     valid_per_pixel = masks[: len(kept)].sum(axis=0, dtype=np.int32)[writer.roi_mask != 0]
@@ -129,6 +135,8 @@ def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay]
             if codes is not None:
                 sar[len(kept_s1)] = codes
                 kept_s1.append(day)
+                if len(kept_s1) % RELEASE_EVERY_DAYS == 0:
+                    release_pages(sar)
         sar.flush()
         del sar
         writer.shrink_dates(sar_file(direction), len(kept_s1))

@@ -13,13 +13,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from btfm_core.cli import HelpFormatter, add_standard_options, entry_point, prog_name
+from btfm_core.cli import (
+    HelpFormatter,
+    add_log_file_option,
+    add_seed_option,
+    add_standard_options,
+    entry_point,
+    prog_name,
+)
 from btfm_core.errors import BTFMError
 from btfm_core.logs import setup_logging
+from btfm_core.pixel_series import PixelSeries, concat
 from btfm_infer.checkpoint import save_checkpoint
 from btfm_infer.model import BTFM, DEMO, OFFICIAL, ModelConfig
 from btfm_train.barlow import TrainConfig, config_dict, train
-from btfm_train.data import PixelSeries, concat, group_split, load_tiles, load_worldcereal_long, load_worldcereal_wide
+from btfm_train.data import group_split, load_tiles, load_worldcereal_long, load_worldcereal_wide
 from btfm_train.probe import embed_series, linear_probe, probe_split, raw_band_series
 
 log = logging.getLogger("btfm_train")
@@ -52,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--projector-dim", type=int, default=TrainConfig.projector_dim)
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_option(parser, "seed of the data split, initialisation and batches")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--validate-every", type=int, default=500, help="steps between linear probes")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    parser.add_argument("--log-file", type=Path, default=None, help="default: <out>.log")
+    add_log_file_option(parser, "<out>.log")
     add_standard_options(parser)
     return parser
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from btfm_core.fileio import atomic_path
+from btfm_core.pixel_series import PixelSeries
 from btfm_core.progress import progress
 from btfm_infer.model import BTFM, Projector
 from btfm_infer.sampling import SEQ_LEN, build_s1_input, build_s2_input
-from btfm_train.data import PixelSeries
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from btfm_core.pixel_series import PixelSeries
 from btfm_infer.embed import embed_pixels
 from btfm_infer.model import BTFM
 from btfm_infer.sampling import S1_MEAN, S1_STD, S2_MEAN, S2_STD
-from btfm_train.data import PixelSeries
 
 
 @dataclass(frozen=True)

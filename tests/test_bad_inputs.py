@@ -39,6 +39,8 @@ from btfm_core.locking import LOCK_NAME
 from btfm_core.logs import OWNED_HANDLER
 from btfm_eval.__main__ import main as eval_main
 from btfm_infer import convert_npy2tiff, infer_all_tiles, stitch_tiled_representation, worker
+from btfm_infer.tile_inference import InferenceOptions
+from btfm_infer.worker import WorkerJob
 from btfm_preprocessing import convert_shp_to_tiff, pipeline
 from btfm_train.__main__ import main as train_main
 from tests.conftest import DEMO_DIR, REPO_ROOT, write_raster
@@ -294,12 +296,13 @@ def train(d: Path, *extra: str) -> list[str]:
     return ["--out", str(d / "model.pt"), "--device", "cpu", "--threads", "2", "--batch-size", "8", "-q", *extra]
 
 
-def run_worker(w: World, d: Path, *extra: str, ckpt: str | Path = "demo",
-               tiles: Sequence[str] = (BIG_TILE,)) -> list[str]:
+def run_worker(w: World, d: Path, ckpt: str | Path = "demo", tiles: Sequence[str] = (BIG_TILE,),
+               device: str = "cpu") -> list[str]:
+    """A worker run by hand, its job inline (as infer_all_tiles starts it)."""
     checkpoint = ckpt if isinstance(ckpt, Path) else w.ckpt[ckpt]
-    return ["--tiles-dir", str(w.tiles), "--output-dir", str(d / "out"), "--checkpoint", str(checkpoint),
-            "--log-file", str(d / "logs" / "worker.log"), "--threads", "2", "--precision", "fp32", "-q",
-            *extra, "--tiles", *tiles]
+    job = WorkerJob(w.tiles, d / "out", checkpoint, tuple(tiles), InferenceOptions(precision="fp32"), device, 2,
+                    log_file=d / "logs" / "worker.log")
+    return ["--job", job.to_json(), "-q"]
 
 
 def shp(d: Path, vector: Path, *extra: str) -> list[str]:
@@ -527,8 +530,13 @@ CASES: list[Case] = [
          ("cannot write to the output folder (--output-dir)", "a_file")),
     Case("infer-output-locked", INFER, lambda w, d: infer(w, d), 2, ("is in use by another run",), lock="out"),
     # --- python -m btfm_infer.worker ---
-    Case("worker-device-unknown", WORKER, lambda w, d: run_worker(w, d, "--device", "gpu0"), 2,
-         ("--device", "gpu0", "cpu, cuda or cuda:N")),
+    Case("worker-device-unknown", WORKER, lambda w, d: run_worker(w, d, device="gpu0"), 2,
+         ("device", "gpu0", "cpu, cuda or cuda:N")),
+    Case("worker-job-not-json", WORKER, lambda w, d: ["--job", "{tiles"], 2, ("not a worker job", "--job")),
+    Case("worker-job-field-missing", WORKER, lambda w, d: ["--job", '{"tiles_dir": "t"}'], 2,
+         ("not a worker job", "output_dir")),
+    Case("worker-job-file-missing", WORKER, lambda w, d: ["--job", str(d / "job.json")], 2,
+         ("job.json", "cannot read it")),
     Case("worker-ckpt-missing", WORKER, lambda w, d: run_worker(w, d, ckpt=d / "none.pt"), 2,
          ("none.pt", "does not exist")),
     Case("worker-tile-name", WORKER, lambda w, d: run_worker(w, d, tiles=("tile7",)), 2,

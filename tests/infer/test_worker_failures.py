@@ -22,7 +22,7 @@ import pytest
 from btfm_core.errors import BTFMError
 from btfm_core.tiles import list_tiles
 from btfm_infer import infer_all_tiles
-from btfm_infer.infer_all_tiles import build_parser, describe_worker_exit, plan_workers, run_workers
+from btfm_infer.infer_all_tiles import build_parser, describe_worker_exit, plan_workers, run_workers, settings_from_args
 from btfm_infer.progress import ProgressFile, failure_file_path, progress_file_path, write_progress_file
 from btfm_infer.worker import DriverGone, _DriverWatch
 from tests.infer.test_families import GOLDEN, make_run
@@ -90,11 +90,13 @@ def test_worker_error_is_one_line_with_tile_and_log(tmp_path: Path, capfd: pytes
     tiles_dir = make_run(tmp_path)
     out, logs = tmp_path / "out", tmp_path / "logs"
     out.mkdir()
-    args = build_parser().parse_args(["--tiles-dir", str(tiles_dir), "--output-dir", str(out),
-                                      "--checkpoint", str(CHECKPOINT), "--seed", "-1"])  # fails in the workers
+    settings = settings_from_args(build_parser().parse_args(["--tiles-dir", str(tiles_dir), "--output-dir", str(out),
+                                                             "--log-dir", str(logs), "--checkpoint", str(CHECKPOINT)]))
+    # fails in the workers (the driver's own check refuses it)
+    settings = replace(settings, options=replace(settings.options, seed=-1))
     plans = [replace(p, precision="fp32") for p in plan_workers(list_tiles(tiles_dir), (1, 0), 2, 0, 2, 64, 64)]
     with pytest.raises(BTFMError) as info:
-        run_workers(plans, args, logs)
+        run_workers(plans, settings)
     message = str(info.value)
     assert message.startswith("worker cpu_") and "\n" not in message
     worker = message.split()[1]
