@@ -74,7 +74,7 @@ CROSS_ZONE_NOTE = (
     "(pixels whose four neighbours are all data). odc-stac calls rasterio.warp.reproject with GDAL's defaults: "
     "between zones GDAL estimates a source/target scale just under 1 per warp chunk and widens its bilinear kernel "
     "by it (its 10 m bands, which then depend on the chunking), and approximates the transform to 0.125 px (its 20 m "
-    "bands, +-1 where that moves a value across a rounding step). Ours did the same "
+    "bands, by a few DN where the sample point moves). Ours did the same "
     "until this rehearsal found it; btfm_preprocessing.reader now fixes the scale at 1 (XSCALE/YSCALE, the source "
     "is never finer than the 10 m target) and asks for the exact transform between CRSs.",)
 STEPS = ("start", "plan", "read+write", "finish")
