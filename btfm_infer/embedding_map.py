@@ -24,7 +24,7 @@ from btfm_core.grid import Grid
 from btfm_core.roi import Roi, open_roi
 from btfm_core.tiles import EMBEDDING_DIM
 
-__all__ = ["Block", "EmbeddingMap", "as_map", "block_count", "overview_source_indices"]
+__all__ = ["Block", "EmbeddingMap", "as_map", "block_count", "overview_source_indices", "record_path"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ class Block:
     def shape(self) -> tuple[int, int]:
         """(h, w) of the block."""
         return (int(self.inside.shape[0]), int(self.inside.shape[1]))
+
+
+def record_path(npy_path: Path) -> Path:
+    """The JSON record beside a stitched map (written by stitch): its grid, embedding length and the
+    inputs it was made from, so the ``.npy`` is never separated from its georeference."""
+    return npy_path.with_suffix(".json")
 
 
 def block_count(height: int, width: int, rows: int, cols: int, factor: int = 1) -> int:

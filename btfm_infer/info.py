@@ -31,7 +31,7 @@ from btfm_core.logs import setup_logging
 from btfm_core.roi import Roi, open_roi
 from btfm_core.run import REPRESENTATION_DIRNAME, ROI_FILE, TILES_DIRNAME, InferenceRecord, RunLayout, RunRecordError
 from btfm_core.tiles import DEFAULT_TILE_SIZE, TileId, list_tiles, tile_layout
-from btfm_infer.stitch_tiled_representation import record_path
+from btfm_infer.embedding_map import record_path
 
 __all__ = ["main"]
 

@@ -38,8 +38,8 @@ from btfm_core.errors import InputDataError
 from btfm_core.grid import Grid
 from btfm_core.roi import inside_mask
 from btfm_core.tiles import ROI_FILE
+from btfm_infer.embedding_map import record_path
 from btfm_infer.export_common import INT8_NODATA, band_names, dequantise
-from btfm_infer.stitch_tiled_representation import record_path
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ from btfm_core.progress import progress
 from btfm_core.roi import Roi, open_roi
 from btfm_core.run import INFERENCE_RECORD_FILE, STITCHED_STEM, InferenceRecord, RunLayout, RunRecordError
 from btfm_core.tiles import EMBEDDING_DIM, TileId, check_single_run, list_tiles
-from btfm_infer.embedding_map import EmbeddingMap
+from btfm_infer.embedding_map import EmbeddingMap, record_path
 
-__all__ = ["DEFAULT_OUT_NAME", "StitchSummary", "main", "record_path", "stitch"]
+__all__ = ["DEFAULT_OUT_NAME", "StitchSummary", "main", "stitch"]
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +244,6 @@ def _copy_tile(out_path: Path, tile_file: TileFile) -> None:
         out[tile.y0 + row:tile.y0 + stop, tile.x0:tile.x1] = data[row:stop]
     out.flush()
     del out, data
-
-
-def record_path(out_path: Path) -> Path:
-    """The JSON record beside a stitched map: its grid, embedding length and the inputs it was made from."""
-    return out_path.with_suffix(".json")
 
 
 def _inputs_digest(files: Sequence[TileFile], roi: Roi) -> str:
