@@ -65,7 +65,7 @@ class RunLayout:
         """The run folder that ``path`` belongs to: the folder itself, its tile or representation
         folder, or a file in the run folder (the stitched map, the ROI)."""
         path = Path(path)
-        if path.name in (TILES_DIRNAME, REPRESENTATION_DIRNAME) or path.suffix:
+        if path.name in (TILES_DIRNAME, REPRESENTATION_DIRNAME) or (path.suffix and not path.is_dir()):
             return cls(path.parent)
         return cls(path)
 

@@ -24,7 +24,8 @@ from btfm_core.grid import Grid
 from btfm_core.roi import Roi, open_roi
 from btfm_core.tiles import EMBEDDING_DIM
 
-__all__ = ["Block", "EmbeddingMap", "as_map", "block_count", "overview_source_indices", "record_path"]
+__all__ = ["Block", "EmbeddingMap", "as_map", "block_count", "overview_source_indices", "read_npy_window",
+           "record_path"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,16 @@ class Block:
     def shape(self) -> tuple[int, int]:
         """(h, w) of the block."""
         return (int(self.inside.shape[0]), int(self.inside.shape[1]))
+
+
+def read_npy_window(path: Path, index: object) -> np.ndarray:
+    """A copy of ``array[index]`` of the ``.npy`` at ``path``, read through a short-lived memory map:
+    the process's resident memory stays bounded by the window, however many windows are read."""
+    data = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        return np.array(data[index])
+    finally:
+        del data
 
 
 def record_path(npy_path: Path) -> Path:
@@ -136,12 +147,8 @@ class EmbeddingMap:
         return (*self.grid.shape, self.channels)
 
     def read(self, index: object) -> np.ndarray:
-        """A copy of ``array[index]`` (any NumPy index), read through a short-lived memory map."""
-        data = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        try:
-            return np.array(data[index])
-        finally:
-            del data
+        """A copy of ``array[index]`` (any NumPy index): :func:`read_npy_window`."""
+        return read_npy_window(self.path, index)
 
     def window(self, row0: int, row1: int, col0: int, col1: int) -> Block:
         """Rows ``row0:row1`` and columns ``col0:col1``: float32 values, inside mask and grid."""

@@ -38,7 +38,7 @@ from btfm_core.errors import InputDataError
 from btfm_core.grid import Grid
 from btfm_core.roi import inside_mask
 from btfm_core.tiles import ROI_FILE
-from btfm_infer.embedding_map import record_path
+from btfm_infer.embedding_map import read_npy_window, record_path
 from btfm_infer.export_common import INT8_NODATA, band_names, dequantise
 
 log = logging.getLogger(__name__)
@@ -270,11 +270,7 @@ class _NpyWindows:
         del data
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        data = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        try:
-            return np.array(data[index])
-        finally:
-            del data
+        return read_npy_window(self.path, index)
 
 
 def npy_grid(path: Path) -> Grid:

@@ -197,20 +197,28 @@ def _valid_vectors(vectors: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray,
 class NpySource:
     """A stitched ``.npy`` (memory-mapped for each read) with its ROI GeoTIFF."""
 
-    path: Path
-    roi: Roi
-    grid: Grid
-    channels: int
+    embedding_map: EmbeddingMap
 
     @classmethod
     def open(cls, npy: Path, roi_path: Path) -> NpySource:
         """Check the ``.npy`` against the ROI (:meth:`EmbeddingMap.open`) and describe it."""
-        emap = EmbeddingMap.open(npy, open_roi(roi_path))
-        return cls(npy, emap.roi, emap.grid, emap.channels)
+        return cls(EmbeddingMap.open(npy, open_roi(roi_path)))
 
     @property
-    def embedding_map(self) -> EmbeddingMap:
-        return EmbeddingMap(self.path, self.roi, self.channels, np.dtype(np.float32))
+    def path(self) -> Path:
+        return self.embedding_map.path
+
+    @property
+    def roi(self) -> Roi:
+        return self.embedding_map.roi
+
+    @property
+    def grid(self) -> Grid:
+        return self.embedding_map.grid
+
+    @property
+    def channels(self) -> int:
+        return self.embedding_map.channels
 
     def read_rows(self, row0: int, row1: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`EmbeddingSource`."""
