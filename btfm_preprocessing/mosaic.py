@@ -1,8 +1,9 @@
 """Mosaic one day of one sensor from its granules' arrays: pure numpy, no I/O.
 
-Granules arrive already on the tile grid (one array per granule, in the order the day lists
-them, e.g. by scene id); the mosaic takes, per pixel, the first granule with a valid
-observation, else the first one that covers the pixel at all. Reading the granules is the
+Granules arrive already on the day's grid, a tile or the union of neighbouring tiles (one array
+per granule, in the order the day lists them, e.g. by scene id); the mosaic takes, per pixel, the
+first granule with a valid observation, else the first one that covers the pixel at all. Every
+rule is per pixel, so a window of the mosaic equals the mosaic of the window's granules. Reading the granules is the
 sources' business (:mod:`btfm_preprocessing.sources.cog` for GeoTIFF/COG assets).
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from btfm_core.tiles import S1_BANDS, S2_BANDS
 from btfm_preprocessing.encoding import encode_s1_db, harmonise_reflectance, scl_valid_mask
 
-__all__ = ["S2Granule", "mosaic_s1", "mosaic_s2"]
+__all__ = ["S2Day", "S2Granule", "mosaic_s1", "mosaic_s2", "s1_window"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,36 @@ class S2Granule:
     boa_offset: bool
 
 
-def mosaic_s2(granules: Iterable[S2Granule], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+@dataclass(frozen=True)
+class S2Day:
+    """One day's S2 mosaic on a grid.
+
+    Attributes:
+        bands: (H, W, 10) uint16 DN on the pre-2022 scale (:data:`~btfm_core.tiles.S2_BANDS` order).
+        mask: (H, W) uint8, 1 = valid observation.
+        covered: (H, W) bool, some granule covers the pixel (valid or not); a day is kept in a tile
+            when it covers one of the tile's pixels.
+    """
+
+    bands: np.ndarray
+    mask: np.ndarray
+    covered: np.ndarray
+
+    def window(self, rows: slice, cols: slice) -> S2Day | None:
+        """The mosaic of a sub-window (views), or None if no granule covers it (the day is not in that tile)."""
+        covered = self.covered[rows, cols]
+        if not covered.any():
+            return None
+        return S2Day(self.bands[rows, cols], self.mask[rows, cols], covered)
+
+
+def s1_window(codes: np.ndarray, rows: slice, cols: slice) -> np.ndarray | None:
+    """A sub-window (a view) of a day's :func:`mosaic_s1` codes, or None if it holds no data."""
+    window = codes[rows, cols]
+    return window if window.any() else None
+
+
+def mosaic_s2(granules: Iterable[S2Granule], shape: tuple[int, int]) -> S2Day | None:
     """Mosaic one day's S2 granules, valid pixels first, harmonised to the pre-2022 scale.
 
     A pixel takes the first granule where it is valid (SCL not in
@@ -47,8 +77,7 @@ def mosaic_s2(granules: Iterable[S2Granule], shape: tuple[int, int]) -> tuple[np
         shape: (H, W) of the grid.
 
     Returns:
-        ``(bands (H, W, 10) uint16, mask (H, W) uint8 with 1 = valid)``, or None if no granule
-        covers any pixel.
+        The day's :class:`S2Day`, or None if no granule covers any pixel.
     """
     out = np.zeros((*shape, len(S2_BANDS)), np.uint16)
     out_valid = np.zeros(shape, bool)
@@ -65,7 +94,7 @@ def mosaic_s2(granules: Iterable[S2Granule], shape: tuple[int, int]) -> tuple[np
         out_covered |= covered
     if not out_covered.any():
         return None
-    return out, out_valid.astype(np.uint8)
+    return S2Day(out, out_valid.astype(np.uint8), out_covered)
 
 
 def mosaic_s1(granules: Iterable[np.ndarray], shape: tuple[int, int]) -> np.ndarray | None:

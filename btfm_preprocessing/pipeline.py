@@ -63,14 +63,18 @@ from btfm_preprocessing.sources import (
 from btfm_preprocessing.sources.stac_api import local_path
 from btfm_preprocessing.stack import group_by_day, split_by_orbit
 from btfm_preprocessing.tile_tasks import (
+    MAX_READ_GROUP,
+    READ_GROUP_PX,
     TileJob,
     TileResult,
     check_workers_see,
     connect,
+    default_read_group,
     done_stats,
     peak_rss_mb,
     run_on_dask,
-    write_tile,
+    tile_groups,
+    write_tile_group,
 )
 from btfm_preprocessing.traffic import NetworkCounter
 
@@ -106,6 +110,7 @@ class PreprocessSettings:
     dask_local: int = 0
     retries: int = 2
     dry_run: bool = False
+    read_group: int = 1
     environment: SourceEnvironment = dataclasses.field(default_factory=SourceEnvironment)
 
     @property
@@ -178,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="tile size in pixels")
     parser.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2),
                         help="acquisition days read at once, and parallel asset reads per day")
+    parser.add_argument("--read-group", type=int, default=None, metavar="K",
+                        help="read K x K neighbouring tiles together: each day once on their union, so a COG "
+                             "block under several tiles is fetched and decoded once (default: as many as fit "
+                             f"in {READ_GROUP_PX} px a side, at most {MAX_READ_GROUP}; 1 = tile by tile; on a "
+                             "cluster made smaller until there is a group per worker)")
     parser.add_argument("--max-cloud", type=float, default=90.0,
                         help="skip S2 scenes with more cloud cover than this (percent)")
     parser.add_argument("--keep-intermediate", action="store_true",
@@ -212,6 +222,9 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
     check_flags(args.tile_size, args.max_cloud)
     if args.workers <= 0:
         raise BTFMError(f"--workers must be positive, got {args.workers}")
+    read_group = default_read_group(args.tile_size) if args.read_group is None else args.read_group
+    if not 1 <= read_group <= MAX_READ_GROUP:
+        raise BTFMError(f"--read-group must be 1 to {MAX_READ_GROUP} (tiles a side read together), got {read_group}")
     if args.dask_local < 0 or args.retries < 0:
         raise BTFMError(f"--dask-local and --retries must be >= 0, got {args.dask_local} and {args.retries}")
     if args.dry_run and args.overwrite:
@@ -236,7 +249,8 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
                               workers=args.workers, max_cloud=args.max_cloud,
                               keep_intermediate=args.keep_intermediate or args.dry_run, overwrite=args.overwrite,
                               scheduler=args.scheduler, dask_local=args.dask_local, retries=args.retries,
-                              dry_run=args.dry_run, environment=SourceEnvironment.capture(os.environ))
+                              dry_run=args.dry_run, read_group=read_group,
+                              environment=SourceEnvironment.capture(os.environ))
 
 
 def _scene_to_json(scene: Scene) -> dict[str, object]:
@@ -365,11 +379,21 @@ def _check_scenes(settings: PreprocessSettings, s2_scenes: Sequence[Scene], s1_s
 
 
 def tile_jobs(settings: PreprocessSettings, pending: Sequence[TileId], s2_days: Sequence[AcquisitionDay],
-              s1_days: dict[str, list[AcquisitionDay]], metadata: dict[str, object]) -> list[TileJob]:
-    """One :class:`TileJob` per pending tile."""
-    return [TileJob(settings.tiles_dir, tile, settings.roi.path, settings.roi.grid, settings.source,
+              s1_days: dict[str, list[AcquisitionDay]], metadata: dict[str, object],
+              cluster_workers: int = 0) -> list[TileJob]:
+    """One :class:`TileJob` per group of pending tiles (``--read-group`` a side).
+
+    On a cluster of ``cluster_workers`` the groups are made smaller until there are at least as
+    many as workers (every worker gets one), down to one tile per job.
+    """
+    side = settings.read_group
+    while side > 1 and len(tile_groups(pending, settings.tile_size, side)) < cluster_workers:
+        side -= 1
+    if side != settings.read_group:
+        log.info("tiles read in groups of %d x %d so that the %d workers all get one", side, side, cluster_workers)
+    return [TileJob(settings.tiles_dir, group, settings.roi.path, settings.roi.grid, settings.source,
                     settings.s1_source, settings.source_options, tuple(s2_days), s1_days, dict(metadata),
-                    settings.workers) for tile in pending]
+                    settings.workers) for group in tile_groups(pending, settings.tile_size, side)]
 
 
 def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: RunSummary, client: object,
@@ -389,13 +413,17 @@ def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: 
     if client is not None:
         failures = run_on_dask(client, jobs, retries=settings.retries, on_result=record)
         if failures:
-            raise BTFMError(f"{len(failures)} of {len(jobs)} tile(s) failed after {settings.retries} retries: "
+            raise BTFMError(f"{len(failures)} of {sum(len(job.tiles) for job in jobs)} tile(s) failed after "
+                            f"{settings.retries} retries: "
                             f"{'; '.join(failures[:3])}; the other tiles are written, rerun to retry these")
         return
     with ThreadPoolExecutor(settings.workers) as pool, \
-            ThreadPoolExecutor(settings.workers, thread_name_prefix="day") as day_pool:
-        for job in progress(jobs, desc="tiles", unit="tile"):
-            record(write_tile(job, pool, day_pool, sources=sources, traffic=traffic))
+            ThreadPoolExecutor(settings.workers, thread_name_prefix="day") as day_pool, \
+            progress(total=sum(len(job.tiles) for job in jobs), desc="tiles", unit="tile") as bar:
+        for job in jobs:
+            for result in write_tile_group(job, pool, day_pool, sources=sources, traffic=traffic):
+                record(result)
+            bar.update(len(job.tiles))
 
 
 def finish_run(settings: PreprocessSettings, provenance: dict[str, object], s2_scenes: Sequence[Scene],
@@ -430,13 +458,15 @@ def run(settings: PreprocessSettings) -> RunSummary:
     if settings.scheduler or settings.dask_local:  # before any work: the cluster must answer and see the folder
         client, cluster = connect(settings.scheduler, settings.dask_local, threads=1)
     try:
+        cluster_workers = 0
         if client is not None:
+            cluster_workers = check_workers_see(client, settings.data_dir, settings.roi.path)
             log.info("Dask cluster %s: %d worker(s) see the run folder", settings.scheduler or "local",
-                     check_workers_see(client, settings.data_dir, settings.roi.path))
+                     cluster_workers)
         if not settings.dry_run:
             ensure_writable_dir(settings.tiles_dir, "tiles folder (--data-dir)")
             remove_stale_temporaries(settings.tiles_dir)
-        summary = _run_steps(settings, client, traffic)
+        summary = _run_steps(settings, client, traffic, cluster_workers)
     finally:
         if client is not None:
             client.close()
@@ -449,7 +479,8 @@ def run(settings: PreprocessSettings) -> RunSummary:
     return summary
 
 
-def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCounter) -> RunSummary:
+def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCounter,
+               cluster_workers: int) -> RunSummary:
     tiles = plan_tiles(settings)
     summary = RunSummary(tiles_total=len(tiles), s2_source=settings.source, s1_source=settings.s1_source)
     log.info("ROI %s: %dx%d px, %d px inside, %d tile(s) of %d px", settings.roi.path, settings.roi.grid.width,
@@ -484,8 +515,8 @@ def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCou
     # recorded in every tile and the run metadata: never a password of a --catalog URL
     provenance = redact_values({**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
                                 "s1_backscatter": s1_source.backscatter})
-    write_tiles(settings, tile_jobs(settings, pending, s2_days, s1_days, {"run_key": settings.run_key, **provenance}),
-                summary, client, (s2_source, s1_source), traffic)
+    jobs = tile_jobs(settings, pending, s2_days, s1_days, {"run_key": settings.run_key, **provenance}, cluster_workers)
+    write_tiles(settings, jobs, summary, client, (s2_source, s1_source), traffic)
     warn_unobserved(summary.valid_counts)
     if finished:
         log.info("all tiles were already done; %s kept as it is", settings.layout.run_metadata_file)

@@ -1,8 +1,10 @@
-"""Assemble one tile from day mosaics: group scenes by day, read the days, write the tile's arrays.
+"""Assemble tiles from day mosaics: group scenes by day, read the days, write the tiles' arrays.
 
-The day mosaics come from the readers :func:`build_tile` is given (a source's ``read_s2_day`` /
-``read_s1_day``); this module reads no pixels itself. Memory is bounded by one tile: each day's
-arrays are (H, W, bands) and go straight into the tile's memory-mapped ``bands.npy`` / ``sar_*.npy``.
+The day mosaics come from the readers :func:`build_tiles` is given (a source's ``read_s2_day`` /
+``read_s1_day``); this module reads no pixels itself. Neighbouring tiles are filled together from
+one read per day on their union grid, so a COG block under several of them is fetched and decoded
+once. Memory is bounded by the group: each day's arrays are (H, W, bands) of the union and go
+straight into the tiles' memory-mapped ``bands.npy`` / ``sar_*.npy``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from btfm_core.tiles import (
     sar_doy_file,
     sar_file,
 )
+from btfm_preprocessing.mosaic import S2Day, s1_window
 from btfm_preprocessing.sources import AcquisitionDay, Scene
 
 log = logging.getLogger(__name__)
@@ -90,58 +93,116 @@ def ordered_map(executor: Executor | None, fn: Callable[[Item], Result], items: 
         yield pending.popleft().result()
 
 
-#: ``(day, grid, pool) -> (bands (H, W, 10) uint16, mask (H, W) uint8) | None``: an S2 source's ``read_s2_day``.
-S2DayReader = Callable[[AcquisitionDay, Grid, Executor], "tuple[np.ndarray, np.ndarray] | None"]
+#: ``(day, grid, pool) -> S2Day | None``: an S2 source's ``read_s2_day``.
+S2DayReader = Callable[[AcquisitionDay, Grid, Executor], "S2Day | None"]
 #: ``(day, grid, pool) -> (H, W, 2) int16 | None``: an S1 source's ``read_s1_day``.
 S1DayReader = Callable[[AcquisitionDay, Grid, Executor], "np.ndarray | None"]
+#: Rows and columns of one tile inside the grid its days are read on.
+Window = tuple[slice, slice]
+Part = TypeVar("Part")
 
 
-def build_tile(writer: TileWriter, grid: Grid, s2_days: Sequence[AcquisitionDay],
-               s1_days: dict[str, list[AcquisitionDay]], pool: Executor,
-               read_s2: S2DayReader, read_s1: S1DayReader,
-               day_pool: Executor | None = None, days_ahead: int = 4) -> TileStats:
-    """Fill an open :class:`TileWriter` with every day that has data over the tile.
+def _fill_days(days: Sequence[AcquisitionDay], read: Callable[[AcquisitionDay], Part | None],
+               split: Callable[[Part, Window], Part | None], windows: Sequence[Window],
+               store: Callable[[int, int, Part], None], day_pool: Executor | None,
+               days_ahead: int) -> list[list[AcquisitionDay]]:
+    """Read ``days`` once each (``days_ahead`` at a time) and store each tile's window of those that cover it.
 
-    ``read_s2`` / ``read_s1`` give one day's mosaic on the tile grid (a source's
-    ``read_s2_day`` / ``read_s1_day``). With ``day_pool`` (not the ``pool`` the readers use, or
-    they could wait on themselves) up to ``days_ahead`` days are read at once, and written in
-    date order as they finish.
+    ``store(tile, index, part)`` writes tile ``tile``'s ``index``-th kept day; returns each tile's kept days.
     """
-    bands = writer.allocate_bands(len(s2_days))
-    masks = writer.allocate_masks(len(s2_days))
-    kept: list[AcquisitionDay] = []
-    for day, result in zip(s2_days, ordered_map(day_pool, lambda d: read_s2(d, grid, pool), s2_days, days_ahead),
-                           strict=True):
-        if result is None:
+    kept: list[list[AcquisitionDay]] = [[] for _ in windows]
+    for day, whole in zip(days, ordered_map(day_pool, read, days, days_ahead), strict=True):
+        if whole is None:
             continue
-        bands[len(kept)], masks[len(kept)] = result
-        kept.append(day)
-        if len(kept) % RELEASE_EVERY_DAYS == 0:  # the written days leave memory: RSS stays at a few days
-            release_pages(bands)
-    bands.flush()
-    masks.flush()
-    valid_per_pixel = masks[: len(kept)].sum(axis=0, dtype=np.int32)[writer.roi_mask != 0]
-    del bands, masks
-    writer.shrink_dates(BANDS_FILE, len(kept))
-    writer.shrink_dates(MASKS_FILE, len(kept))
-    writer.write_array(DOYS_FILE, np.array([d.doy for d in kept], np.uint16))
-    s1_kept: dict[str, list[AcquisitionDay]] = {}
+        for tile, window in enumerate(windows):
+            part = split(whole, window)
+            if part is not None:
+                store(tile, len(kept[tile]), part)
+                kept[tile].append(day)
+    return kept
+
+
+def build_tiles(writers: Sequence[TileWriter], grid: Grid, windows: Sequence[Window],
+                s2_days: Sequence[AcquisitionDay], s1_days: dict[str, list[AcquisitionDay]], pool: Executor,
+                read_s2: S2DayReader, read_s1: S1DayReader,
+                day_pool: Executor | None = None, days_ahead: int = 4) -> list[TileStats]:
+    """Fill open :class:`TileWriter` s of neighbouring tiles with every day that has data over each.
+
+    Each day is read once on ``grid`` (a single tile's grid, or the union of the tiles' grids
+    when the source's reads split, :attr:`~btfm_preprocessing.sources.Source.group_reads`) with
+    ``read_s2`` / ``read_s1`` (a source's ``read_s2_day`` / ``read_s1_day``), and tile ``i`` gets
+    its window ``windows[i]`` of it; a day is kept in a tile when it covers one of the tile's
+    pixels, so each tile is what a read on its own grid would give. With ``day_pool`` (not the
+    ``pool`` the readers use, or they could wait on themselves) up to ``days_ahead`` days are
+    read at once, and written in date order as they finish.
+
+    Returns:
+        Each tile's :class:`TileStats`, in the order of ``writers``.
+    """
+    kept, valid_per_pixel = _fill_s2(writers, lambda d: read_s2(d, grid, pool), windows, s2_days, day_pool,
+                                     days_ahead)
+    s1_kept: list[dict[str, list[AcquisitionDay]]] = [{} for _ in writers]
     for direction in ORBIT_DIRECTIONS:
-        days = s1_days.get(direction, [])
-        sar = writer.allocate_sar(direction, len(days))
-        kept_s1: list[AcquisitionDay] = []
-        for day, codes in zip(days, ordered_map(day_pool, lambda d: read_s1(d, grid, pool), days, days_ahead),
-                              strict=True):
-            if codes is not None:
-                sar[len(kept_s1)] = codes
-                kept_s1.append(day)
-                if len(kept_s1) % RELEASE_EVERY_DAYS == 0:
-                    release_pages(sar)
-        sar.flush()
-        del sar
-        writer.shrink_dates(sar_file(direction), len(kept_s1))
-        writer.write_array(sar_doy_file(direction), np.array([d.doy for d in kept_s1], np.int32))
-        s1_kept[direction] = kept_s1
+        kept_s1 = _fill_s1(writers, direction, lambda d: read_s1(d, grid, pool), windows, s1_days.get(direction, []),
+                           day_pool, days_ahead)
+        for record, days in zip(s1_kept, kept_s1, strict=True):
+            record[direction] = days
+    return [_record(writer, days, s1, valid)
+            for writer, days, s1, valid in zip(writers, kept, s1_kept, valid_per_pixel, strict=True)]
+
+
+def _fill_s2(writers: Sequence[TileWriter], read: Callable[[AcquisitionDay], S2Day | None],
+             windows: Sequence[Window], days: Sequence[AcquisitionDay], day_pool: Executor | None,
+             days_ahead: int) -> tuple[list[list[AcquisitionDay]], list[np.ndarray]]:
+    """Write the tiles' ``bands``/``masks``/``doys``; each tile's kept days and valid observations per ROI pixel."""
+    bands = [writer.allocate_bands(len(days)) for writer in writers]
+    masks = [writer.allocate_masks(len(days)) for writer in writers]
+
+    def store(tile: int, index: int, part: S2Day) -> None:
+        bands[tile][index], masks[tile][index] = part.bands, part.mask
+        if (index + 1) % RELEASE_EVERY_DAYS == 0:  # the written days leave memory: RSS stays at a few days
+            release_pages(bands[tile])
+
+    kept = _fill_days(days, read, lambda day, window: day.window(*window), windows, store, day_pool, days_ahead)
+    valid_per_pixel = []
+    for tile, (writer, tile_days) in enumerate(zip(writers, kept, strict=True)):
+        bands[tile].flush()
+        masks[tile].flush()
+        valid_per_pixel.append(masks[tile][: len(tile_days)].sum(axis=0, dtype=np.int32)[writer.roi_mask != 0])
+    bands.clear()  # the memory maps are closed before their files shrink
+    masks.clear()
+    for writer, tile_days in zip(writers, kept, strict=True):
+        writer.shrink_dates(BANDS_FILE, len(tile_days))
+        writer.shrink_dates(MASKS_FILE, len(tile_days))
+        writer.write_array(DOYS_FILE, np.array([d.doy for d in tile_days], np.uint16))
+    return kept, valid_per_pixel
+
+
+def _fill_s1(writers: Sequence[TileWriter], direction: str, read: Callable[[AcquisitionDay], np.ndarray | None],
+             windows: Sequence[Window], days: Sequence[AcquisitionDay], day_pool: Executor | None,
+             days_ahead: int) -> list[list[AcquisitionDay]]:
+    """Write the tiles' ``sar_<direction>`` arrays and days; each tile's kept days."""
+    sar = [writer.allocate_sar(direction, len(days)) for writer in writers]
+
+    def store(tile: int, index: int, part: np.ndarray) -> None:
+        sar[tile][index] = part
+        if (index + 1) % RELEASE_EVERY_DAYS == 0:
+            release_pages(sar[tile])
+
+    kept = _fill_days(days, read, lambda codes, window: s1_window(codes, *window), windows, store, day_pool,
+                      days_ahead)
+    for tile in range(len(sar)):
+        sar[tile].flush()
+    sar.clear()  # the memory maps are closed before their files shrink
+    for writer, tile_days in zip(writers, kept, strict=True):
+        writer.shrink_dates(sar_file(direction), len(tile_days))
+        writer.write_array(sar_doy_file(direction), np.array([d.doy for d in tile_days], np.int32))
+    return kept
+
+
+def _record(writer: TileWriter, kept: list[AcquisitionDay], s1_kept: dict[str, list[AcquisitionDay]],
+            valid_per_pixel: np.ndarray) -> TileStats:
+    """Record one tile's dates and scenes in its metadata; its :class:`TileStats`."""
     writer.metadata.update({
         "s2_dates": [d.day.isoformat() for d in kept],
         "s2_scenes": [[s.id for s in d.scenes] for d in kept],

@@ -1,13 +1,17 @@
-"""Writing one tile as a task: in this process, or on a Dask cluster (``--scheduler`` / ``--dask-local``).
+"""Writing groups of neighbouring tiles as tasks: here, or on a Dask cluster (``--scheduler`` / ``--dask-local``).
 
-A :class:`TileJob` holds everything one tile needs once the search is done (the acquisition
-days, the source names and options, the run's metadata), so any process that sees the run folder
-can write it: :func:`write_tile` reads, masks and stacks the tile's days into a
-:class:`~btfm_core.tiles.TileWriter` (temporary folder, validated, renamed) and skips a tile that
-is already done. :func:`run_on_dask` sends one task per tile to a cluster: the client checks first
-that every worker sees the run folder (a probe file), a failed tile is retried ``retries`` times
-and then reported while the others go on, and a worker that dies mid-tile leaves only a temporary
-folder (removed at the end) while its tile is redone by another worker.
+A :class:`TileJob` holds everything a group of neighbouring tiles needs once the search is done
+(the acquisition days, the source names and options, the run's metadata), so any process that
+sees the run folder can write it: :func:`write_tile_group` reads each day once on the group's
+union grid, masks it and stacks each tile's window into its
+:class:`~btfm_core.tiles.TileWriter` (temporary folder, validated, renamed), and skips the tiles
+that are already done. Groups are blocks of up to ``side`` x ``side`` tiles
+(:func:`tile_groups`, ``--read-group``): a COG block under several tiles of a group is fetched
+and decoded once, not once per tile. :func:`run_on_dask` sends one task per group to a cluster:
+the client checks first that every worker sees the run folder (a probe file), a failed group is
+retried ``retries`` times and then reported while the others go on, and a worker that dies
+mid-group leaves only temporary folders (removed at the end) while its group is redone by another
+worker.
 
 Every worker must see the run folder and the ROI at the same paths (a shared file system).
 """
@@ -18,9 +22,10 @@ import functools
 import logging
 import os
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,26 +40,62 @@ from btfm_core.roi import open_roi
 from btfm_core.tiles import ORBIT_DIRECTIONS, TileId, TileWriter, read_tile, read_tile_metadata
 from btfm_preprocessing.reader import gdal_env
 from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, AcquisitionDay, S1Source, S2Source, SourceOptions
-from btfm_preprocessing.stack import TileStats, build_tile
+from btfm_preprocessing.stack import TileStats, Window, build_tiles
 from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TileJob", "TileResult", "connect", "run_on_dask", "write_tile"]
+__all__ = ["TileJob", "TileResult", "connect", "default_read_group", "run_on_dask", "tile_groups", "write_tile_group"]
 
 #: Seconds to wait for a ``--scheduler`` to answer.
 CONNECT_TIMEOUT_S = 10.0
+#: Side, in pixels, that a read group's union grid stays within by default (:func:`default_read_group`).
+READ_GROUP_PX = 1024
+#: Most tiles a side of a read group holds (the tiles' writers are open together).
+MAX_READ_GROUP = 4
 #: Name prefix of the probe file that checks that workers see the run folder.
 PROBE_PREFIX = ".btfm-probe-"
 
 
+def default_read_group(tile_size: int) -> int:
+    """``--read-group`` by default: as many tiles a side as fit in :data:`READ_GROUP_PX` (1 to :data:`MAX_READ_GROUP`).
+
+    500-px tiles are read 2 x 2 (1000 px a side: a day's S2 mosaic of the group is 20 MB).
+    """
+    return max(1, min(MAX_READ_GROUP, READ_GROUP_PX // tile_size))
+
+
+def tile_groups(tiles: Sequence[TileId], tile_size: int, side: int) -> list[tuple[TileId, ...]]:
+    """``tiles`` (of a :func:`~btfm_core.tiles.tile_layout` of ``tile_size``) in blocks of up to ``side`` x ``side``.
+
+    Blocks follow the layout (the tiles of block ``(r, c)`` are rows ``r*side ..`` and columns
+    ``c*side ..`` of it), in row-major order, tiles row-major within a block.
+    """
+    span = tile_size * max(1, side)
+    blocks: dict[tuple[int, int], list[TileId]] = defaultdict(list)
+    for tile in tiles:
+        blocks[tile.y0 // span, tile.x0 // span].append(tile)
+    return [tuple(sorted(blocks[key], key=lambda t: (t.y0, t.x0))) for key in sorted(blocks)]
+
+
+def union_tile(tiles: Sequence[TileId]) -> TileId:
+    """The smallest window of the ROI grid holding all ``tiles``."""
+    return TileId(min(t.x0 for t in tiles), min(t.y0 for t in tiles), max(t.x1 for t in tiles),
+                  max(t.y1 for t in tiles))
+
+
+def windows_in(union: TileId, tiles: Sequence[TileId]) -> list[Window]:
+    """Each tile's (rows, columns) inside the grid of ``union``."""
+    return [(slice(t.y0 - union.y0, t.y1 - union.y0), slice(t.x0 - union.x0, t.x1 - union.x0)) for t in tiles]
+
+
 @dataclass(frozen=True)
 class TileJob:
-    """One tile to write, with all a worker needs (picklable).
+    """A group of neighbouring tiles to write, with all a worker needs (picklable).
 
     Attributes:
         tiles_dir: the run's tile folder (``<data-dir>/retiled_d_pixel``).
-        tile: the tile's window of the ROI grid.
+        tiles: the tiles' windows of the ROI grid (a :func:`tile_groups` block; one tile or more).
         roi_path: the ROI GeoTIFF (read for the tile's mask).
         roi_grid: the ROI's grid.
         source, s1_source: ``--source`` / ``--s1-source`` names.
@@ -67,7 +108,7 @@ class TileJob:
     """
 
     tiles_dir: Path
-    tile: TileId
+    tiles: tuple[TileId, ...]
     roi_path: Path
     roi_grid: Grid
     source: str
@@ -82,6 +123,12 @@ class TileJob:
     def run_key(self) -> str:
         return str(self.metadata["run_key"])
 
+    @property
+    def name(self) -> str:
+        """The group's name in messages: its tile, or its first tile and how many there are."""
+        first = self.tiles[0].name
+        return first if len(self.tiles) == 1 else f"{first} (+{len(self.tiles) - 1} neighbouring tiles)"
+
 
 @dataclass(frozen=True)
 class TileResult:
@@ -89,7 +136,8 @@ class TileResult:
 
     Attributes:
         stats: the tile's dates, valid observations per ROI pixel and scenes used.
-        network_bytes: bytes this task read over the network (None: unknown).
+        network_bytes: bytes read over the network for the tile (None: unknown); a group's reads
+            are shared, so they are counted on its first written tile and the others get 0.
         peak_rss_mb: peak resident memory of the process that wrote it, MB.
         worker: who wrote it (``local`` or the Dask worker's address).
         skipped: the tile was already done.
@@ -136,36 +184,60 @@ def done_stats(folder: Path, run_key: str) -> TileStats | None:
                      tile.masks.sum(axis=0, dtype=np.int32)[tile.roi != 0], used)
 
 
-def write_tile(job: TileJob, pool: Executor | None = None, day_pool: Executor | None = None,
-               *, worker: str = "local", sources: tuple[S2Source, S1Source] | None = None,
-               traffic: NetworkCounter | None = None) -> TileResult:
-    """Read, mask and stack one tile into its folder (atomically); skip it if it is done.
+def write_tile_group(job: TileJob, pool: Executor | None = None, day_pool: Executor | None = None,
+                     *, worker: str = "local", sources: tuple[S2Source, S1Source] | None = None,
+                     traffic: NetworkCounter | None = None) -> list[TileResult]:
+    """Read, mask and stack a group of tiles into their folders (atomically); skip those that are done.
+
+    The pending tiles are read together, each day once on their union grid, when both sources'
+    reads split (:attr:`~btfm_preprocessing.sources.Source.group_reads`), else one by one.
 
     Args:
         pool, day_pool: thread pools for asset reads and for days read at once (created for this
-            tile when None, as on a cluster worker).
-        worker: who writes it (recorded in the result).
+            group when None, as on a cluster worker).
+        worker: who writes it (recorded in the results).
         sources, traffic: the run's S2 and S1 sources and the counter they add to (None: a
-            cluster worker's own, :func:`_worker_sources`); the result's ``network_bytes`` is what
-            the counter gained while the tile was written.
+            cluster worker's own, :func:`_worker_sources`); what the counter gains while the
+            tiles are written is their ``network_bytes``.
+
+    Returns:
+        One :class:`TileResult` per tile of the job, in its order.
     """
-    done = done_stats(job.tiles_dir / job.tile.name, job.run_key)
-    if done is not None:
-        return TileResult(done, 0, peak_rss_mb(), worker, skipped=True, tile=job.tile.name)
-    if sources is None or traffic is None:
-        s2_source, s1_source, traffic = _worker_sources(job.source, job.s1_source, job.options)
-    else:
-        s2_source, s1_source = sources
-    start_bytes = traffic.total()
-    grid = job.tile.grid(job.roi_grid)
-    mask = open_roi(job.roi_path).read_mask(grid)
-    with _pools(job.workers, pool, day_pool) as (asset_pool, days_pool), gdal_env(), \
-            TileWriter(job.tiles_dir, job.tile, grid, mask, job.metadata) as writer:
-        stats = build_tile(writer, grid, list(job.s2_days), job.s1_days, asset_pool, s2_source.read_s2_day,
-                           s1_source.read_s1_day, day_pool=days_pool, days_ahead=job.workers)
-    end_bytes = traffic.total()
-    used = None if start_bytes is None or end_bytes is None else end_bytes - start_bytes
-    return TileResult(stats, used, peak_rss_mb(), worker, tile=job.tile.name)
+    done = {tile: done_stats(job.tiles_dir / tile.name, job.run_key) for tile in job.tiles}
+    results = {tile: TileResult(stats, 0, peak_rss_mb(), worker, skipped=True, tile=tile.name)
+               for tile, stats in done.items() if stats is not None}
+    pending = [tile for tile in job.tiles if done[tile] is None]
+    if pending:
+        if sources is None or traffic is None:
+            s2_source, s1_source, traffic = _worker_sources(job.source, job.s1_source, job.options)
+        else:
+            s2_source, s1_source = sources
+        together = s2_source.group_reads and s1_source.group_reads
+        for group in [pending] if together else [[tile] for tile in pending]:
+            start_bytes = traffic.total()
+            stats = _write_together(job, group, s2_source, s1_source, pool, day_pool)
+            end_bytes = traffic.total()
+            used = None if start_bytes is None or end_bytes is None else end_bytes - start_bytes
+            for tile, tile_stats in zip(group, stats, strict=True):
+                results[tile] = TileResult(tile_stats, used if tile is group[0] else 0, peak_rss_mb(), worker,
+                                           tile=tile.name)
+    return [results[tile] for tile in job.tiles]
+
+
+def _write_together(job: TileJob, tiles: Sequence[TileId], s2_source: S2Source, s1_source: S1Source,
+                    pool: Executor | None, day_pool: Executor | None) -> list[TileStats]:
+    """Write ``tiles`` from one read per day on their union grid; their stats."""
+    union = union_tile(tiles)
+    roi = open_roi(job.roi_path)
+    # days in flight hold the union's arrays: as many tiles' worth in all as one tile alone would have
+    days_ahead = max(1, job.workers // len(tiles))
+    with _pools(job.workers, pool, day_pool) as (asset_pool, days_pool), gdal_env(), ExitStack() as writers:
+        opened = [writers.enter_context(TileWriter(job.tiles_dir, tile, tile.grid(job.roi_grid),
+                                                   roi.read_mask(tile.grid(job.roi_grid)), job.metadata))
+                  for tile in tiles]
+        return build_tiles(opened, union.grid(job.roi_grid), windows_in(union, tiles), list(job.s2_days),
+                           job.s1_days, asset_pool, s2_source.read_s2_day, s1_source.read_s1_day,
+                           day_pool=days_pool, days_ahead=days_ahead)
 
 
 @contextmanager
@@ -177,15 +249,15 @@ def _pools(workers: int, pool: Executor | None, day_pool: Executor | None) -> It
         yield own_pool, own_days
 
 
-def _dask_task(job: TileJob) -> TileResult:
-    """A cluster task: :func:`write_tile` with this worker's address recorded."""
+def _dask_task(job: TileJob) -> list[TileResult]:
+    """A cluster task: :func:`write_tile_group` with this worker's address recorded."""
     try:
         from distributed import get_worker
 
         name = str(get_worker().address)
     except (ImportError, ValueError):
         name = f"pid {os.getpid()}"
-    return write_tile(job, worker=name)
+    return write_tile_group(job, worker=name)
 
 
 def connect(scheduler: str | None, local_workers: int, threads: int) -> tuple[Any, Any]:
@@ -238,28 +310,32 @@ def check_workers_see(client: Any, data_dir: Path, roi_path: Path) -> int:
 
 def run_on_dask(client: Any, jobs: Sequence[TileJob], *, retries: int,
                 on_result: Callable[[TileResult], None]) -> list[str]:
-    """Write ``jobs`` as one Dask task each; call ``on_result`` as each finishes; return the failures.
+    """Write ``jobs`` as one Dask task each; ``on_result`` for each tile as its group finishes; return the failures.
 
-    A task that fails is retried ``retries`` times (a worker that dies mid-tile has its task
-    rescheduled by Dask); one that still fails is logged and listed, and the others go on.
+    A task that fails is retried ``retries`` times (a worker that dies mid-group has its task
+    rescheduled by Dask); one that still fails is logged and its tiles listed, and the others go on.
 
     Returns:
-        ``"<tile>: <reason>"`` for every tile that failed.
+        ``"<tile>: <reason>"`` for every tile of the groups that failed.
     """
     from distributed import as_completed
 
-    futures = {client.submit(_dask_task, job, key=f"btfm-tile-{job.tile.name}-{job.run_key}", retries=retries,
-                             pure=False): job for job in jobs}
+    futures = {client.submit(_dask_task, job, key=f"btfm-tiles-{job.tiles[0].name}-{len(job.tiles)}-{job.run_key}",
+                             retries=retries, pure=False): job for job in jobs}
     failures: list[str] = []
-    for future in progress(as_completed(futures), total=len(futures), desc="tiles", unit="tile"):
-        job = futures[future]
-        try:
-            result = future.result()
-        except Exception as exc:
-            failures.append(f"{job.tile.name}: {' '.join(str(exc).split()) or type(exc).__name__}")
-            log.error("tile %s failed after %d retries: %s", job.tile.name, retries, exc)
-            continue
-        on_result(result)
+    with progress(total=sum(len(job.tiles) for job in jobs), desc="tiles", unit="tile") as bar:
+        for future in as_completed(futures):
+            job = futures[future]
+            bar.update(len(job.tiles))
+            try:
+                results = future.result()
+            except Exception as exc:
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                failures += [f"{tile.name}: {reason}" for tile in job.tiles]
+                log.error("tile %s failed after %d retries: %s", job.name, retries, exc)
+                continue
+            for result in results:
+                on_result(result)
     if jobs:
-        remove_stale_temporaries(jobs[0].tiles_dir)  # what a worker that died mid-tile left
+        remove_stale_temporaries(jobs[0].tiles_dir)  # what a worker that died mid-group left
     return failures

@@ -429,7 +429,8 @@ def compare_s2_tile(folder: Path, peer: Peer, exact: Agreement, native: Agreemen
         odc_scl = {index: reads[index].scl for index in cross}
         for index, (scl, there) in nearest.items():
             reads[index] = dataclasses.replace(reads[index], scl=np.where(there, scl, reads[index].scl))
-        bands, mask = mosaic_s2(reads, own_scl.shape) or (np.zeros_like(own_bands), np.zeros_like(own_scl))
+        day = mosaic_s2(reads, own_scl.shape)
+        bands, mask = (day.bands, day.mask) if day else (np.zeros_like(own_bands), np.zeros_like(own_scl))
         source = taken_from(reads)
         ours = np.asarray(tile.bands[k])
         for index, scene in enumerate(scenes):

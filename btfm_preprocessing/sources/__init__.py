@@ -79,6 +79,7 @@ class NoS1Source:
 
     name: str = "none"
     backscatter: str = "none"
+    group_reads: bool = True  # nothing is read
 
     def search_s1(self, grid: Grid, period: Period) -> list[Scene]:
         """No scenes."""

@@ -20,6 +20,7 @@ from btfm_core.grid import Grid
 from btfm_core.tiles import S1_BANDS, S2_BANDS
 from btfm_preprocessing.credentials import Secret, UserPassword, earthdata_login, required_secret
 from btfm_preprocessing.encoding import day_of_year
+from btfm_preprocessing.mosaic import S2Day
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.traffic import NetworkCounter
 
@@ -227,6 +228,16 @@ class Source(Protocol):
         """Provenance recorded in the run metadata (collections, endpoints; never a credential)."""
         ...
 
+    @property
+    def group_reads(self) -> bool:
+        """Whether a day read once on the union of neighbouring tiles and split gives each tile its own read.
+
+        True for GeoTIFF/COG reads (GDAL computes every target pixel from the same source pixels
+        whatever the window, :func:`~btfm_preprocessing.reader.plain_kernel_options`), so neighbouring
+        tiles fetch and decode each block once; False for a server-side mosaic, read tile by tile.
+        """
+        ...
+
 
 class S2Source(Source, Protocol):
     """What the pipeline needs from a Sentinel-2 L2A source (``--source``)."""
@@ -235,8 +246,8 @@ class S2Source(Source, Protocol):
         """S2 L2A scenes over ``grid`` in ``period`` with at most ``max_cloud`` % cloud, oldest first."""
         ...
 
-    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
-        """One day's mosaic on ``grid``: ``(bands (H, W, 10) uint16, mask (H, W) uint8)`` or None."""
+    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> S2Day | None:
+        """One day's mosaic on ``grid`` (bands, validity mask, coverage), or None if no granule covers it."""
         ...
 
 

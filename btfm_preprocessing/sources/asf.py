@@ -421,6 +421,11 @@ class AsfSource:
             self.backscatter = "; ".join(kinds)
         return sorted(prepared, key=lambda s: (s.acquired, s.id))
 
+    @property
+    def group_reads(self) -> bool:
+        """GeoTIFF reads: a day read on the union of neighbouring tiles is split into theirs."""
+        return True
+
     def read_s1_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> np.ndarray | None:
         """One day's processed scenes on ``grid`` in the int16 dB encoding."""
         return read_s1_day(day, grid, pool)

@@ -16,7 +16,7 @@ from rasterio.enums import Resampling
 
 from btfm_core.grid import Grid
 from btfm_preprocessing.encoding import has_boa_offset
-from btfm_preprocessing.mosaic import S2Granule, mosaic_s1, mosaic_s2
+from btfm_preprocessing.mosaic import S2Day, S2Granule, mosaic_s1, mosaic_s2
 from btfm_preprocessing.reader import read_on_grid
 from btfm_preprocessing.sources._types import S1_SPEC, S2_SPEC, AcquisitionDay, SensorSpec
 
@@ -46,14 +46,14 @@ def _s2_granules(day: AcquisitionDay, grid: Grid, pool: Executor, sign: Callable
 
 
 def read_s2_day(day: AcquisitionDay, grid: Grid, pool: Executor,
-                sign: Callable[[str], str] = unsigned) -> tuple[np.ndarray, np.ndarray] | None:
+                sign: Callable[[str], str] = unsigned) -> S2Day | None:
     """Mosaic one day's S2 granules onto ``grid``, valid pixels first (:func:`~btfm_preprocessing.mosaic.mosaic_s2`).
 
     ``sign`` turns an asset href into a readable URL (e.g. a Planetary Computer SAS signature),
     at read time so that signatures never go stale in a resumed run.
 
     Returns:
-        ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no granule covers the grid.
+        The day's :class:`~btfm_preprocessing.mosaic.S2Day`, or None if no granule covers the grid.
 
     Raises:
         SourceError: an asset cannot be read.

@@ -408,6 +408,11 @@ class Hyp3Source:
                 interval = min(interval * 2, MAX_POLL_S)
             return [future.result() for future in futures]
 
+    @property
+    def group_reads(self) -> bool:
+        """GeoTIFF reads: a day read on the union of neighbouring tiles is split into theirs."""
+        return True
+
     def read_s1_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> np.ndarray | None:
         """One day's RTC GeoTIFFs on ``grid`` in the int16 dB encoding (reprojected as needed)."""
         return read_s1_day(day, grid, pool)

@@ -74,7 +74,7 @@ from btfm_core.errors import CredentialsError, ServiceUnavailableError, SourceEr
 from btfm_core.grid import Grid
 from btfm_preprocessing.credentials import Secret
 from btfm_preprocessing.encoding import has_boa_offset
-from btfm_preprocessing.mosaic import S2Granule, mosaic_s2
+from btfm_preprocessing.mosaic import S2Day, S2Granule, mosaic_s2
 from btfm_preprocessing.network import (
     CHECK_NETWORK,
     CONNECT_TIMEOUT_S,
@@ -340,7 +340,7 @@ def decode_tile(tiff: bytes, userdata: Mapping[str, Any], grid: Grid) -> np.ndar
 
 
 def mask_and_harmonise(image: np.ndarray, scenes: Iterable[Scene],
-                       day: dt.date) -> tuple[np.ndarray, np.ndarray] | None:
+                       day: dt.date) -> S2Day | None:
     """Split an (H, W, 11) Process API image into contract bands and the validity mask.
 
     The image is one granule of :func:`~btfm_preprocessing.mosaic.mosaic_s2` (the same rules as the
@@ -349,7 +349,7 @@ def mask_and_harmonise(image: np.ndarray, scenes: Iterable[Scene],
     still carry it (never, with ``harmonizeValues``).
 
     Returns:
-        ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no pixel is covered.
+        The day's :class:`~btfm_preprocessing.mosaic.S2Day`, or None if no pixel is covered.
     """
     scenes = list(scenes)
     baseline = max((s.processing_baseline for s in scenes if s.processing_baseline), default=None)
@@ -583,13 +583,18 @@ class SentinelHubSource:
         log.info("Sentinel Hub catalog: %d S2 L2A acquisition(s) in %s", len(scenes), period)
         return sorted(scenes.values(), key=lambda s: (s.acquired, s.id))
 
-    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
+    @property
+    def group_reads(self) -> bool:
+        """No: the Process API mosaics on the server, for the requested window; tiles are read one by one."""
+        return False
+
+    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> S2Day | None:
         """One Process API request for ``day`` on ``grid``, masked like the STAC sources.
 
         ``pool`` is not needed: the request is one HTTP call; at most :attr:`workers` run at once.
 
         Returns:
-            ``(bands (H, W, 10) uint16, mask (H, W) uint8)``, or None if no granule covers the grid.
+            The day's :class:`~btfm_preprocessing.mosaic.S2Day`, or None if no granule covers the grid.
 
         Raises:
             SourceError: if the tile is too large for one request, the request fails after the

@@ -43,6 +43,7 @@ from shapely.geometry import box, shape
 
 from btfm_core.errors import ServiceUnavailableError, SourceError, UnexpectedResponseError
 from btfm_core.grid import Grid
+from btfm_preprocessing.mosaic import S2Day
 from btfm_preprocessing.network import (
     CHECK_NETWORK,
     CONNECT_TIMEOUT_S,
@@ -307,7 +308,12 @@ class StacSource:
                              query={"eo:cloud_cover": {"lte": max_cloud}}, service=self.service)
         return [to_scene(item, self.s2_assets, RECORDED_PROPERTIES) for item in items]
 
-    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> tuple[np.ndarray, np.ndarray] | None:
+    @property
+    def group_reads(self) -> bool:
+        """COG reads: a day read on the union of neighbouring tiles is split into theirs."""
+        return True
+
+    def read_s2_day(self, day: AcquisitionDay, grid: Grid, pool: Executor) -> S2Day | None:
         """One day's COG reads, masked and mosaicked (:func:`~btfm_preprocessing.sources.cog.read_s2_day`)."""
         return read_s2_day(day, grid, pool, self.sign_href)
 

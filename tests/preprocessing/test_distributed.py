@@ -94,10 +94,9 @@ def test_a_worker_killed_mid_tile_has_its_tile_redone(local_run: tuple[Path, dic
     assert not [p for p in tiles.rglob("*") if p.name.startswith(".tmp-")]
 
 
-def test_a_failing_tile_is_retried_then_reported_while_the_others_are_written(
-        local_run: tuple[Path, dict[str, str]]) -> None:
-    run, _ = local_run
-    fresh(run)
+def test_a_failing_group_is_retried_then_reported_while_the_others_are_written(tmp_path: Path) -> None:
+    run = tmp_path
+    crop_roi(run / "roi.tiff", col=0, row=0, width=96, height=80)  # 3 x 3 tiles of 32 px
     settings = pipeline.settings_from_args(pipeline.build_parser().parse_args([str(run / "roi.tiff"), *DATES,
                                                                                 *CATALOG]))
     s2 = S2_SOURCES[settings.source](settings.source_options)
@@ -105,7 +104,10 @@ def test_a_failing_tile_is_retried_then_reported_while_the_others_are_written(
     s2_scenes, s1_scenes = pipeline.search_scenes(settings, s2, s1)
     settings.tiles_dir.mkdir()
     jobs = pipeline.tile_jobs(settings, pipeline.plan_tiles(settings), group_by_day(s2_scenes),
-                              {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()}, {"run_key": "k"})
+                              {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()}, {"run_key": "k"},
+                              cluster_workers=2)
+    # 3 x 3 tiles: read 4 x 4 by default, one group would leave a worker idle; 2 x 2 gives 4 groups
+    assert [len(job.tiles) for job in jobs] == [4, 2, 2, 1]
     jobs[1] = dataclasses.replace(jobs[1], roi_path=run / "missing.tiff")  # fails on every try
     client, cluster = connect(None, 2, threads=1)
     written = []
@@ -114,8 +116,9 @@ def test_a_failing_tile_is_retried_then_reported_while_the_others_are_written(
     finally:
         client.close()
         cluster.close()
-    assert len(failures) == 1 and failures[0].startswith(f"{jobs[1].tile.name}: ") and "missing.tiff" in failures[0]
-    assert sorted(written) == sorted(job.tile.name for job in jobs if job is not jobs[1])
+    assert [failure.split(":")[0] for failure in failures] == [tile.name for tile in jobs[1].tiles]
+    assert all("missing.tiff" in failure for failure in failures)
+    assert sorted(written) == sorted(tile.name for job in jobs if job is not jobs[1] for tile in job.tiles)
     assert sorted(p.name for p in settings.tiles_dir.iterdir()) == sorted(written)
 
 

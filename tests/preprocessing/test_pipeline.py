@@ -32,19 +32,20 @@ def test_crash_then_resume_equals_uninterrupted_run(roi: Path, tmp_path: Path,
     reference = tmp_path / "reference"
     assert pipeline.main([str(roi), *ARGS, "--data-dir", str(reference)]) == 0
     calls = {"n": 0}
-    original = stack.build_tile
+    original = stack.build_tiles
 
     def crash_on_third(*args: object, **kwargs: object) -> object:
         calls["n"] += 1
         if calls["n"] == 3:
-            raise KeyboardInterrupt  # like Ctrl-C in the middle of a tile
+            raise KeyboardInterrupt  # like Ctrl-C in the middle of a group of tiles
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tile_tasks, "build_tile", crash_on_third)  # where the tile writer looks it up
-    assert pipeline.main([str(roi), *ARGS]) == 130
+    monkeypatch.setattr(tile_tasks, "build_tiles", crash_on_third)  # where the tile writer looks it up
+    # 3 x 3 tiles of 40 px read 2 x 2: groups of 4, 2, 2 and 1 tiles; the third group is interrupted
+    assert pipeline.main([str(roi), *ARGS, "--read-group", "2"]) == 130
     tiles_dir = roi.parent / "retiled_d_pixel"
-    assert len([p for p in tiles_dir.iterdir() if p.is_dir()]) == 2  # nothing half-written
-    monkeypatch.setattr(tile_tasks, "build_tile", original)
+    assert len([p for p in tiles_dir.iterdir() if p.is_dir()]) == 6  # nothing half-written
+    monkeypatch.setattr(tile_tasks, "build_tiles", original)
     assert pipeline.main([str(roi), *ARGS, "--keep-intermediate"]) == 0
     assert tile_digests(tiles_dir) == tile_digests(reference / "retiled_d_pixel")
     assert (roi.parent / "cache").is_dir()  # kept by flag; the search was reused from it

@@ -32,6 +32,7 @@ from btfm_core.grid import Grid
 from btfm_core.loopback import LoopbackServer, Reply
 from btfm_core.tiles import read_tile
 from btfm_preprocessing import pipeline
+from btfm_preprocessing.mosaic import S2Day
 from btfm_preprocessing.period import Period
 from btfm_preprocessing.reader import read_on_grid
 from btfm_preprocessing.sources import EARTH_SEARCH_S2_ASSETS, AcquisitionDay, Scene, SourceEnvironment, SourceOptions
@@ -321,7 +322,7 @@ def _may_day(server: LoopbackServer) -> tuple[shub.SentinelHubSource, Acquisitio
     return source, AcquisitionDay(scenes[0].day, tuple(scenes))
 
 
-def _local_day(day: AcquisitionDay, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+def _local_day(day: AcquisitionDay, grid: Grid) -> S2Day:
     from concurrent.futures import ThreadPoolExecutor
 
     from btfm_preprocessing.sources.cog import read_s2_day
@@ -346,8 +347,9 @@ def test_rate_limit_and_server_errors_are_retried(status: int, fake: FakeSentine
         result = source.read_s2_day(day, grid, pool=None)  # type: ignore[arg-type]
     assert result is not None and len(fake.process_bodies) == 1
     expected = _local_day(day, grid)
-    np.testing.assert_array_equal(result[0], expected[0])
-    np.testing.assert_array_equal(result[1], expected[1])
+    np.testing.assert_array_equal(result.bands, expected.bands)
+    np.testing.assert_array_equal(result.mask, expected.mask)
+    np.testing.assert_array_equal(result.covered, expected.covered)
 
 
 def test_rate_limit_that_never_ends_is_a_clear_error(fake: FakeSentinelHub, server: LoopbackServer) -> None:
@@ -414,11 +416,13 @@ def test_mask_and_harmonise_follow_the_tile_contract() -> None:
     raw = Scene("raw", "sentinel-2-l2a", dt.datetime(2022, 6, 1, tzinfo=dt.timezone.utc), {},
                 processing_baseline="04.00", boa_offset_removed=False)
     harmonised = Scene("h", "sentinel-2-l2a", raw.acquired, {}, processing_baseline="04.00", boa_offset_removed=True)
-    bands, mask = shub.mask_and_harmonise(image, [harmonised], day)  # type: ignore[misc]
-    np.testing.assert_array_equal(mask, [[1, 0, 0], [1, 0, 1]])
-    assert bands[0, 0, 0] == 1500 and bands[0, 2].max() == 0  # Sentinel Hub already harmonised
-    bands, _ = shub.mask_and_harmonise(image, [raw], day)  # type: ignore[misc]
-    assert bands[0, 0, 0] == 500  # a raw baseline-04.00 value: the +1000 offset is removed once
+    result = shub.mask_and_harmonise(image, [harmonised], day)
+    assert result is not None
+    np.testing.assert_array_equal(result.mask, [[1, 0, 0], [1, 0, 1]])
+    np.testing.assert_array_equal(result.covered, [[True, True, False], [True, True, True]])
+    assert result.bands[0, 0, 0] == 1500 and result.bands[0, 2].max() == 0  # Sentinel Hub already harmonised
+    result = shub.mask_and_harmonise(image, [raw], day)
+    assert result is not None and result.bands[0, 0, 0] == 500  # raw baseline 04.00: the +1000 offset removed once
     image[..., 10] = 0
     assert shub.mask_and_harmonise(image, [raw], day) is None
 

@@ -146,9 +146,10 @@ def test_sensor_specs_are_the_tile_contract_and_the_mosaics_follow_them() -> Non
     assert (S2_SPEC.bands, S1_SPEC.bands) == (S2_BANDS, S1_BANDS)
     scl = np.full((3, 4), 4, np.uint8)
     granule = S2Granule(np.full((3, 4, 10), 1500, np.uint16), scl, boa_offset=True)
-    bands, mask = mosaic_s2([granule], (3, 4))  # type: ignore[misc]
-    assert bands.dtype == S2_SPEC.dtype and bands.shape[-1] == len(S2_SPEC.bands) and (bands == 500).all()
-    assert mask.all()
+    day = mosaic_s2([granule], (3, 4))
+    assert day is not None
+    assert day.bands.dtype == S2_SPEC.dtype and day.bands.shape[-1] == len(S2_SPEC.bands) and (day.bands == 500).all()
+    assert day.mask.all() and day.covered.all()
     codes = mosaic_s1([np.full((3, 4, 2), 0.1, np.float32)], (3, 4))
     assert codes is not None and codes.dtype == S1_SPEC.dtype and codes.shape[-1] == len(S1_SPEC.bands)
     assert mosaic_s1([np.full((3, 4, 2), np.nan, np.float32)], (3, 4)) is None  # no data: no day

@@ -87,8 +87,8 @@ def test_same_day_granules_mosaic_valid_first(tmp_path: Path, pool: ThreadPoolEx
     clear = _s2_scene(tmp_path, "b", 2200, 4, day)
     result = read_s2_day(AcquisitionDay(day, (cloudy, clear)), GRID, pool)
     assert result is not None
-    bands, mask = result
-    assert mask.all()
+    bands, mask = result.bands, result.mask
+    assert mask.all() and result.covered.all()
     assert (bands[:, :10] == 1100).all()          # first granule, valid there
     assert (bands[:, 10:] == 2200).all()          # second granule fills the cloudy part
 
@@ -96,8 +96,8 @@ def test_same_day_granules_mosaic_valid_first(tmp_path: Path, pool: ThreadPoolEx
 def test_offset_of_new_baseline_removed(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
     day = dt.date(2022, 6, 1)
     scene = _s2_scene(tmp_path, "c", 1500, 4, day)
-    bands, _ = read_s2_day(AcquisitionDay(day, (scene,)), GRID, pool)  # type: ignore[misc]
-    assert (bands == 500).all()
+    result = read_s2_day(AcquisitionDay(day, (scene,)), GRID, pool)
+    assert result is not None and (result.bands == 500).all()
 
 
 def test_s1_day_encodes_db(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
