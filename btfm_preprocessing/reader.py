@@ -1,19 +1,27 @@
-"""Read one asset's pixels on a target grid: only the needed window, reprojected if necessary.
+"""Read assets' pixels on a target grid: only the needed window, reprojected if necessary.
 
 This is the only module of the preprocessing half that opens rasters. Remote COGs are read
 through GDAL's range requests (``/vsicurl/``): a warped VRT onto the tile grid fetches only
 the blocks that overlap the tile, never the whole scene. Reads run inside :func:`gdal_env`,
 which scopes the GDAL settings (nothing is set process-wide).
+
+:func:`read_on_grid` reads one asset; :func:`read_assets_on_grid` reads a granule's bands, and
+warps the bands that share a source grid in another CRS together (one exact coordinate
+transform for all of them, :func:`plain_kernel_options`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
@@ -109,3 +117,116 @@ def read_on_grid(href: str, grid: Grid, resampling: Resampling, dtype: str,
             return np.asarray(vrt.read(1))
     except RasterioIOError as exc:
         raise SourceError(f"cannot read {href}: {exc}") from exc
+
+
+#: GDAL's name of each dtype a band may be stacked with others in (:func:`stacked_vrt`).
+GDAL_TYPE_NAMES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+                   "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+
+
+@dataclass(frozen=True)
+class SourceGrid:
+    """What an asset's header says about its pixels: where they lie and how they are stored.
+
+    Attributes:
+        path: the path GDAL opened (``/vsicurl/...`` for a URL).
+        crs: the asset's CRS (None if it has none).
+        transform: its GDAL geotransform.
+        width, height: its size in pixels.
+        dtype: its band 1's dtype.
+        nodata: its band 1's nodata value (None: none).
+    """
+
+    path: str
+    crs: CRS | None
+    transform: tuple[float, ...]
+    width: int
+    height: int
+    dtype: str
+    nodata: float | None
+
+    @property
+    def layout(self) -> tuple[object, ...]:
+        """Everything but the path: assets with the same layout can be stacked as bands of one raster."""
+        return (self.crs.to_wkt() if self.crs else "", self.transform, self.width, self.height, self.dtype,
+                "nan" if self.nodata is not None and np.isnan(self.nodata) else self.nodata)
+
+
+def source_grid(href: str) -> SourceGrid:
+    """The :class:`SourceGrid` of ``href`` (one header read).
+
+    Raises:
+        SourceError: if the asset cannot be opened.
+    """
+    try:
+        with gdal_env(), rasterio.open(href) as src:
+            return SourceGrid(src.name, src.crs, tuple(src.transform.to_gdal()),
+                              src.width, src.height, src.dtypes[0], src.nodata)
+    except RasterioIOError as exc:
+        raise SourceError(f"cannot read {href}: {exc}") from exc
+
+
+def stacked_vrt(sources: Sequence[SourceGrid]) -> str:
+    """A VRT (XML) with band ``i`` = band 1 of ``sources[i]``; they share one :attr:`SourceGrid.layout`."""
+    first = sources[0]
+    nodata = "" if first.nodata is None else f"<NoDataValue>{first.nodata!r}</NoDataValue>"
+    size = f'xOff="0" yOff="0" xSize="{first.width}" ySize="{first.height}"'
+    bands = "".join(
+        f'<VRTRasterBand dataType="{GDAL_TYPE_NAMES[first.dtype]}" band="{index}">{nodata}<SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{escape(source.path)}</SourceFilename><SourceBand>1</SourceBand>'
+        f"<SrcRect {size}/><DstRect {size}/></SimpleSource></VRTRasterBand>"
+        for index, source in enumerate(sources, start=1))
+    srs = escape(first.crs.to_wkt() if first.crs else "")
+    return (f'<VRTDataset rasterXSize="{first.width}" rasterYSize="{first.height}"><SRS>{srs}</SRS>'
+            f"<GeoTransform>{', '.join(repr(v) for v in first.transform)}</GeoTransform>{bands}</VRTDataset>")
+
+
+def _read_stacked(sources: Sequence[SourceGrid], grid: Grid, resampling: Resampling, dtype: str,
+                  nodata: float) -> list[np.ndarray]:
+    """Band 1 of each of ``sources`` (one layout) warped onto ``grid`` in one warp operation."""
+    try:
+        with gdal_env(), rasterio.open(stacked_vrt(sources)) as src, WarpedVRT(
+                src, crs=grid.rasterio_crs, transform=grid.transform, width=grid.width, height=grid.height,
+                resampling=resampling, nodata=nodata, src_nodata=src.nodata, dtype=dtype,
+                **plain_kernel_options(src, grid)) as vrt:
+            return list(np.asarray(vrt.read()))
+    except RasterioIOError as exc:
+        raise SourceError(f"cannot read {', '.join(s.path for s in sources)}: {exc}") from exc
+
+
+def read_assets_on_grid(hrefs: Sequence[str], grid: Grid, resampling: Resampling, dtype: str, nodata: float,
+                        pool: Executor) -> list[np.ndarray]:
+    """Band 1 of each of ``hrefs`` on ``grid``, as :func:`read_on_grid` reads it; the reads run on ``pool``.
+
+    Assets in another CRS than ``grid`` that share a source grid (a granule's 10 m bands, its 20 m
+    bands) are warped together, as the bands of one VRT: GDAL computes the exact coordinate
+    transform once for all of them instead of once per band (the transform is most of the CPU a
+    cross-zone read takes; measured 3.5x less for a granule's ten bands). The values are those of
+    one read per band, with one nuance of GDAL's warper for several bands: a source pixel counts
+    as nodata when all the bands are nodata there (``UNIFIED_SRC_NODATA``'s default), not when one
+    of them is; an S2 L2A or S1 pixel without data has every band at nodata, so the two differ only
+    at a valid pixel where a band is exactly the nodata value. Same-CRS assets are read one by one
+    (no transform to share).
+
+    Returns:
+        One (H, W) array of ``dtype`` per href, in their order.
+
+    Raises:
+        SourceError: if an asset cannot be opened or read.
+    """
+    sources = list(pool.map(source_grid, hrefs))
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for index, source in enumerate(sources):
+        shared = source.crs is not None and source.crs != grid.rasterio_crs and source.dtype in GDAL_TYPE_NAMES
+        groups.setdefault(source.layout if shared else ("alone", index), []).append(index)
+
+    def read(indices: list[int]) -> list[np.ndarray]:
+        if len(indices) == 1:
+            return [read_on_grid(sources[indices[0]].path, grid, resampling, dtype, nodata)]
+        return _read_stacked([sources[i] for i in indices], grid, resampling, dtype, nodata)
+
+    out: list[np.ndarray | None] = [None] * len(hrefs)
+    for indices, arrays in zip(groups.values(), pool.map(read, list(groups.values())), strict=True):
+        for index, array in zip(indices, arrays, strict=True):
+            out[index] = array
+    return [array for array in out if array is not None]

@@ -1,9 +1,9 @@
 """One day of GeoTIFF/COG granules read onto a grid and mosaicked: the read step of the STAC, ASF and HyP3 sources.
 
-Each asset's window is read with :func:`btfm_preprocessing.reader.read_on_grid` (reprojected when
-the granule is in another CRS), the bands of one granule in parallel on the given pool, one
-granule at a time; :mod:`btfm_preprocessing.mosaic` does the rest. A granule whose SCL covers
-none of the grid is skipped before its bands are read.
+Each granule's bands are read with :func:`btfm_preprocessing.reader.read_assets_on_grid`
+(reprojected when the granule is in another CRS, its bands of one grid warped together), in
+parallel on the given pool, one granule at a time; :mod:`btfm_preprocessing.mosaic` does the
+rest. A granule whose SCL covers none of the grid is skipped before its bands are read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rasterio.enums import Resampling
 from btfm_core.grid import Grid
 from btfm_preprocessing.encoding import has_boa_offset
 from btfm_preprocessing.mosaic import S2Day, S2Granule, mosaic_s1, mosaic_s2
-from btfm_preprocessing.reader import read_on_grid
+from btfm_preprocessing.reader import read_assets_on_grid, read_on_grid
 from btfm_preprocessing.sources._types import S1_SPEC, S2_SPEC, AcquisitionDay, SensorSpec
 
 __all__ = ["read_s1_day", "read_s2_day", "unsigned"]
@@ -31,9 +31,9 @@ def unsigned(href: str) -> str:
 def _read_bands(assets: Mapping[str, str], spec: SensorSpec, grid: Grid, pool: Executor,
                 sign: Callable[[str], str]) -> np.ndarray:
     """(H, W, bands) of one granule's ``spec.bands`` in ``spec.granule_dtype``, bilinear, read on ``pool``."""
-    reads = pool.map(lambda band: read_on_grid(sign(assets[band]), grid, Resampling.bilinear, spec.granule_dtype,
-                                               spec.granule_nodata), spec.bands)
-    return np.stack(list(reads), axis=-1)
+    reads = read_assets_on_grid([sign(assets[band]) for band in spec.bands], grid, Resampling.bilinear,
+                                spec.granule_dtype, spec.granule_nodata, pool)
+    return np.stack(reads, axis=-1)
 
 
 def _s2_granules(day: AcquisitionDay, grid: Grid, pool: Executor, sign: Callable[[str], str]) -> Iterator[S2Granule]:
