@@ -6,7 +6,8 @@ a range request), the bytes are exact: the compressed size of every internal blo
 window touches, each block counted once for the run (GDAL's cache keeps a block that two tiles
 share), plus the header. Assets whose header cannot be read are estimated from the scene's
 share of the tile (and labelled so). The tiles' size on disk follows from T, H, W and the dtypes
-of the tile contract; memory per worker is an estimate from the tile size and the reads in flight.
+of the tile contract; memory per worker is an estimate from the tile size and the reads in flight
+(days of a read group, :func:`~btfm_preprocessing.tile_tasks.tile_groups`).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def _assets(days: Iterable[AcquisitionDay]) -> list[tuple[AcquisitionDay, Scene,
 
 
 def plan_report(roi_grid: Grid, pending: Sequence[TileId], s2_days: Sequence[AcquisitionDay],
-                s1_days: dict[str, list[AcquisitionDay]], *, workers: int, sign: object = None) -> list[str]:
+                s1_days: dict[str, list[AcquisitionDay]], *, workers: int, group_tiles: int = 1,
+                sign: object = None) -> list[str]:
     """The lines ``--dry-run`` prints: per tile days, scenes and bytes; totals of reads, disk and memory.
 
     Args:
@@ -109,6 +111,7 @@ def plan_report(roi_grid: Grid, pending: Sequence[TileId], s2_days: Sequence[Acq
         pending: the tiles a run would write.
         s2_days, s1_days: the search's acquisition days.
         workers: reads in flight (``--workers``).
+        group_tiles: tiles in the largest read group (``--read-group``): days in flight hold the group's arrays.
         sign: the source's URL signer (``href -> href``), if its assets need one.
     """
     signer = sign if callable(sign) else (lambda href: href)
@@ -135,8 +138,8 @@ def plan_report(roi_grid: Grid, pending: Sequence[TileId], s2_days: Sequence[Acq
             _note(plan, day, scene)
     exact = sum(layouts[href].block_bytes.get((row, col), 0) for href, row, col in blocks)  # type: ignore[union-attr]
     exact += HEADER_BYTES * sum(layout is not None for layout in layouts.values())
-    return _lines(roi_grid, plans, exact, estimated, workers, len(hrefs) - sum(v is None for v in layouts.values()),
-                  len(hrefs))
+    return _lines(roi_grid, plans, exact, estimated, max(workers, group_tiles),
+                  len(hrefs) - sum(v is None for v in layouts.values()), len(hrefs))
 
 
 def _note(plan: TilePlan, day: AcquisitionDay, scene: Scene) -> None:
@@ -148,7 +151,7 @@ def _note(plan: TilePlan, day: AcquisitionDay, scene: Scene) -> None:
         plan.s2_scenes.add(scene.id)
 
 
-def _lines(roi_grid: Grid, plans: dict[TileId, TilePlan], exact: int, estimated: int, workers: int,
+def _lines(roi_grid: Grid, plans: dict[TileId, TilePlan], exact: int, estimated: int, tiles_in_flight: int,
            read_headers: int, assets: int) -> list[str]:
     lines = [f"dry run: {len(plans)} tile(s) to write on the {roi_grid.width} x {roi_grid.height} px ROI grid"]
     disk = 0
@@ -164,11 +167,11 @@ def _lines(roi_grid: Grid, plans: dict[TileId, TilePlan], exact: int, estimated:
     reads = f"{human_bytes(exact)} from the COG block layout of {read_headers} of {assets} asset(s)"
     if estimated:
         reads += f", plus about {human_bytes(estimated)} estimated for assets without a readable header"
-    memory = BASE_MEMORY_MB + BLOCK_CACHE_MB + workers * largest * BYTES_PER_PIXEL_IN_FLIGHT / 1e6
+    memory = BASE_MEMORY_MB + BLOCK_CACHE_MB + tiles_in_flight * largest * BYTES_PER_PIXEL_IN_FLIGHT / 1e6
     lines += [f"reads will fetch: {reads}",
               f"tiles on disk: {human_bytes(disk)} (T, H, W and the tile dtypes; days without data over a tile are "
               "dropped, so at most this)",
               f"memory per worker: about {memory:.0f} MB (estimate: {BASE_MEMORY_MB} MB base, up to "
-              f"{BLOCK_CACHE_MB} MB block cache, {workers} day(s) in flight of the largest tile)",
+              f"{BLOCK_CACHE_MB} MB block cache, {tiles_in_flight} tile-day(s) in flight of the largest tile)",
               "nothing was written but the search cache; run again without --dry-run to write the tiles"]
     return lines

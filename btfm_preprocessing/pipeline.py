@@ -494,9 +494,11 @@ def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCou
     summary.s2_ids, summary.s1_ids = frozenset(s.id for s in s2_scenes), frozenset(s.id for s in s1_scenes)
     _check_scenes(settings, s2_scenes, s1_scenes)
     if settings.dry_run:
+        groups = tile_groups(pending, settings.tile_size, settings.read_group)
         for line in plan_report(settings.roi.grid, pending, group_by_day(s2_scenes),
                                 {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()},
-                                workers=settings.workers, sign=getattr(s2_source, "sign_href", None)):
+                                workers=settings.workers, group_tiles=max(map(len, groups), default=1),
+                                sign=getattr(s2_source, "sign_href", None)):
             print(line)
         return summary
     # Everything done by an earlier run of these settings (tiles and run metadata): nothing to
