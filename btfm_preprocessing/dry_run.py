@@ -27,7 +27,7 @@ from rasterio.windows import Window, from_bounds
 from btfm_core.fileio import human_bytes
 from btfm_core.grid import Grid
 from btfm_core.tiles import ORBIT_DIRECTIONS, TileId, tile_bytes
-from btfm_preprocessing.reader import gdal_env
+from btfm_preprocessing.reader import GDAL_COG_OPTIONS, gdal_env
 from btfm_preprocessing.sources import AcquisitionDay, Scene
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ HEADER_BYTES = 16_384
 #: Memory of a worker process before it reads anything (Python, numpy, GDAL, the sources), MB.
 BASE_MEMORY_MB = 300
 #: GDAL's cache of fetched blocks (``CPL_VSIL_CURL_CACHE_SIZE`` in reader.py), MB at most.
-BLOCK_CACHE_MB = 256
+BLOCK_CACHE_MB = int(str(GDAL_COG_OPTIONS["CPL_VSIL_CURL_CACHE_SIZE"])) >> 20
 #: Bytes per tile pixel a day being read holds (11 bands as float32 while warped, plus the uint16 result).
 BYTES_PER_PIXEL_IN_FLIGHT = 11 * 4 + 10 * 2
 

@@ -40,9 +40,10 @@ GDAL_COG_OPTIONS: dict[str, object] = {
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "1",
     "VSI_CACHE": "TRUE",
-    # Neighbouring tiles share COG blocks (Earth Search's are 1024 px): keep recently fetched
-    # ranges in a bounded in-memory cache so a block is not downloaded once per tile.
-    "CPL_VSIL_CURL_CACHE_SIZE": str(256 * 1024 * 1024),
+    # Recently fetched ranges (headers, blocks that two reads share) in a bounded in-memory cache;
+    # the tiles of a read group share a day's blocks through one read on their union, so 128 MB
+    # serve as well as 256 (measured: the same bytes in the rehearsal, 130 MB less RSS).
+    "CPL_VSIL_CURL_CACHE_SIZE": str(128 * 1024 * 1024),
     # Bytes fetched, for btfm_preprocessing.traffic.NetworkCounter. GDAL decides once per process,
     # at its first network access, whether to collect them: that access is inside this scope.
     "CPL_VSIL_NETWORK_STATS_ENABLED": "YES",

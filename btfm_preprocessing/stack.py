@@ -36,7 +36,7 @@ from btfm_preprocessing.sources import AcquisitionDay, Scene
 log = logging.getLogger(__name__)
 
 #: Days written between two :func:`~btfm_core.fileio.release_pages` of a tile's arrays.
-RELEASE_EVERY_DAYS = 8
+RELEASE_EVERY_DAYS = 2
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 

@@ -229,8 +229,9 @@ def _write_together(job: TileJob, tiles: Sequence[TileId], s2_source: S2Source, 
     """Write ``tiles`` from one read per day on their union grid; their stats."""
     union = union_tile(tiles)
     roi = open_roi(job.roi_path)
-    # days in flight hold the union's arrays: as many tiles' worth in all as one tile alone would have
-    days_ahead = max(1, job.workers // len(tiles))
+    # days in flight hold the union's arrays: about as many tiles' worth as one tile alone would
+    # have, and at least two days, so that reading the next day overlaps writing the last
+    days_ahead = max(2, job.workers // len(tiles))
     with _pools(job.workers, pool, day_pool) as (asset_pool, days_pool), gdal_env(), ExitStack() as writers:
         opened = [writers.enter_context(TileWriter(job.tiles_dir, tile, tile.grid(job.roi_grid),
                                                    roi.read_mask(tile.grid(job.roi_grid)), job.metadata))
