@@ -71,6 +71,7 @@ from btfm_preprocessing.tile_tasks import (
     connect,
     default_read_group,
     done_stats,
+    groups_for_workers,
     peak_rss_mb,
     run_on_dask,
     tile_groups,
@@ -386,14 +387,12 @@ def tile_jobs(settings: PreprocessSettings, pending: Sequence[TileId], s2_days: 
     On a cluster of ``cluster_workers`` the groups are made smaller until there are at least as
     many as workers (every worker gets one), down to one tile per job.
     """
-    side = settings.read_group
-    while side > 1 and len(tile_groups(pending, settings.tile_size, side)) < cluster_workers:
-        side -= 1
-    if side != settings.read_group:
-        log.info("tiles read in groups of %d x %d so that the %d workers all get one", side, side, cluster_workers)
+    shape, groups = groups_for_workers(pending, settings.tile_size, settings.read_group, cluster_workers)
+    if shape != (settings.read_group, settings.read_group):
+        log.info("tiles read in groups of %d x %d so that the %d workers all get one", *shape, cluster_workers)
     return [TileJob(settings.tiles_dir, group, settings.roi.path, settings.roi.grid, settings.source,
                     settings.s1_source, settings.source_options, tuple(s2_days), s1_days, dict(metadata),
-                    settings.workers) for group in tile_groups(pending, settings.tile_size, side)]
+                    settings.workers) for group in groups]
 
 
 def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: RunSummary, client: object,
@@ -494,7 +493,7 @@ def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCou
     summary.s2_ids, summary.s1_ids = frozenset(s.id for s in s2_scenes), frozenset(s.id for s in s1_scenes)
     _check_scenes(settings, s2_scenes, s1_scenes)
     if settings.dry_run:
-        groups = tile_groups(pending, settings.tile_size, settings.read_group)
+        groups = tile_groups(pending, settings.tile_size, (settings.read_group, settings.read_group))
         for line in plan_report(settings.roi.grid, pending, group_by_day(s2_scenes),
                                 {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()},
                                 workers=settings.workers, group_tiles=max(map(len, groups), default=1),

@@ -206,8 +206,9 @@ def read_assets_on_grid(hrefs: Sequence[str], grid: Grid, resampling: Resampling
     one read per band, with one nuance of GDAL's warper for several bands: a source pixel counts
     as nodata when all the bands are nodata there (``UNIFIED_SRC_NODATA``'s default), not when one
     of them is; an S2 L2A or S1 pixel without data has every band at nodata, so the two differ only
-    at a valid pixel where a band is exactly the nodata value. Same-CRS assets are read one by one
-    (no transform to share).
+    at a valid pixel where a band is exactly the nodata value (an L2A reflectance clipped at 0
+    before baseline 04.00), which the grouped warp interpolates as a value. Same-CRS assets are
+    read one by one (no transform to share).
 
     Returns:
         One (H, W) array of ``dtype`` per href, in their order.

@@ -45,7 +45,8 @@ from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TileJob", "TileResult", "connect", "default_read_group", "run_on_dask", "tile_groups", "write_tile_group"]
+__all__ = ["TileJob", "TileResult", "connect", "default_read_group", "groups_for_workers", "run_on_dask", "tile_groups",
+           "write_tile_group"]
 
 #: Seconds to wait for a ``--scheduler`` to answer.
 CONNECT_TIMEOUT_S = 10.0
@@ -65,17 +66,36 @@ def default_read_group(tile_size: int) -> int:
     return max(1, min(MAX_READ_GROUP, READ_GROUP_PX // tile_size))
 
 
-def tile_groups(tiles: Sequence[TileId], tile_size: int, side: int) -> list[tuple[TileId, ...]]:
-    """``tiles`` (of a :func:`~btfm_core.tiles.tile_layout` of ``tile_size``) in blocks of up to ``side`` x ``side``.
+def tile_groups(tiles: Sequence[TileId], tile_size: int, shape: tuple[int, int]) -> list[tuple[TileId, ...]]:
+    """``tiles`` (of a :func:`~btfm_core.tiles.tile_layout` of ``tile_size``) in blocks of ``shape`` (rows, cols).
 
-    Blocks follow the layout (the tiles of block ``(r, c)`` are rows ``r*side ..`` and columns
-    ``c*side ..`` of it), in row-major order, tiles row-major within a block.
+    Blocks follow the layout (the tiles of block ``(r, c)`` are rows ``r*rows ..`` and columns
+    ``c*cols ..`` of it), in row-major order, tiles row-major within a block.
     """
-    span = tile_size * max(1, side)
+    rows, cols = (tile_size * max(1, n) for n in shape)
     blocks: dict[tuple[int, int], list[TileId]] = defaultdict(list)
     for tile in tiles:
-        blocks[tile.y0 // span, tile.x0 // span].append(tile)
+        blocks[tile.y0 // rows, tile.x0 // cols].append(tile)
     return [tuple(sorted(blocks[key], key=lambda t: (t.y0, t.x0))) for key in sorted(blocks)]
+
+
+def groups_for_workers(tiles: Sequence[TileId], tile_size: int, side: int,
+                       workers: int) -> tuple[tuple[int, int], list[tuple[TileId, ...]]]:
+    """The :func:`tile_groups` of ``side`` x ``side``, made smaller until there are at least ``workers`` of them.
+
+    The longer side of the block loses a tile at a time (2 x 2, then 1 x 2, then 1 x 1), so that
+    every worker of a cluster gets a group while tiles still share their reads.
+
+    Returns:
+        The block shape (rows, cols) and the groups.
+    """
+    shape = (side, side)
+    groups = tile_groups(tiles, tile_size, shape)
+    while len(groups) < workers and shape != (1, 1):
+        rows, cols = shape
+        shape = (rows - 1, cols) if rows >= cols and rows > 1 else (rows, cols - 1)
+        groups = tile_groups(tiles, tile_size, shape)
+    return shape, groups
 
 
 def union_tile(tiles: Sequence[TileId]) -> TileId:

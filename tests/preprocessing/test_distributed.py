@@ -15,10 +15,18 @@ from pathlib import Path
 import pytest
 
 from btfm_core.errors import BTFMError
+from btfm_core.tiles import tile_layout
 from btfm_preprocessing import pipeline
 from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES
 from btfm_preprocessing.stack import group_by_day, split_by_orbit
-from btfm_preprocessing.tile_tasks import check_workers_see, connect, run_on_dask
+from btfm_preprocessing.tile_tasks import (
+    check_workers_see,
+    connect,
+    default_read_group,
+    groups_for_workers,
+    run_on_dask,
+    tile_groups,
+)
 from tests.conftest import DEMO_DIR
 from tests.test_end_to_end import crop_roi
 
@@ -106,8 +114,8 @@ def test_a_failing_group_is_retried_then_reported_while_the_others_are_written(t
     jobs = pipeline.tile_jobs(settings, pipeline.plan_tiles(settings), group_by_day(s2_scenes),
                               {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()}, {"run_key": "k"},
                               cluster_workers=2)
-    # 3 x 3 tiles: read 4 x 4 by default, one group would leave a worker idle; 2 x 2 gives 4 groups
-    assert [len(job.tiles) for job in jobs] == [4, 2, 2, 1]
+    # 3 x 3 tiles: read 4 x 4 by default, one group would leave a worker idle; 2 x 3 gives 2 groups
+    assert [len(job.tiles) for job in jobs] == [6, 3]
     jobs[1] = dataclasses.replace(jobs[1], roi_path=run / "missing.tiff")  # fails on every try
     client, cluster = connect(None, 2, threads=1)
     written = []
@@ -169,3 +177,16 @@ def test_dry_run_with_overwrite_is_refused(tmp_path: Path, capsys: pytest.Captur
     assert pipeline.main([str(roi), *DATES, *CATALOG, "--dry-run", "--overwrite", "-q"]) == 2
     assert "--dry-run writes nothing, so --overwrite has no meaning" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roi.tiff"]
+
+
+def test_read_groups_follow_the_layout_and_shrink_until_every_worker_has_one() -> None:
+    tiles = tile_layout(1000, 1500, 500)  # 2 rows x 3 columns of tiles
+    assert default_read_group(500) == 2 and default_read_group(32) == 4 and default_read_group(2000) == 1
+    assert [[t.name for t in group] for group in tile_groups(tiles, 500, (2, 2))] == [
+        ["0_0_500_500", "500_0_1000_500", "0_500_500_1000", "500_500_1000_1000"],
+        ["1000_0_1500_500", "1000_500_1500_1000"]]
+    assert groups_for_workers(tiles, 500, 2, 1)[0] == (2, 2)
+    shape, groups = groups_for_workers(tiles, 500, 2, 3)
+    assert shape == (1, 2) and [len(g) for g in groups] == [2, 1, 2, 1]
+    shape, groups = groups_for_workers(tiles, 500, 2, 8)  # more workers than tiles: one tile each
+    assert shape == (1, 1) and len(groups) == 6
