@@ -13,7 +13,10 @@ first (``posix_fallocate``, else zeros written), so a full disk fails when the f
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import hashlib
 import logging
 import mmap
@@ -21,7 +24,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,7 @@ from btfm_core.errors import BTFMError, DiskFullError, OutputNotWritableError
 
 __all__ = ["TMP_PREFIX", "atomic_path", "check_free_space", "create_npy", "disk_full_as_error", "disk_full_error",
            "ensure_writable_dir", "file_digest", "human_bytes", "is_disk_full", "refuse_overwrite",
-           "release_pages", "remove_stale_temporaries", "temp_sibling"]
+           "release_free_heap", "release_pages", "remove_stale_temporaries", "temp_sibling"]
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +287,28 @@ def release_pages(array: np.ndarray) -> None:
     mapping.flush()
     if hasattr(mmap, "MADV_DONTNEED"):
         mapping.madvise(mmap.MADV_DONTNEED)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free memory back to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
+
+    A day's arrays (tens of MB, allocated and freed in reader threads) are served by glibc from
+    its per-thread heaps once its adaptive mmap threshold has grown, and the freed memory stays
+    resident: measured, peak RSS grew from 0.72 to 0.99 GB between the rehearsal's 1x and 4x area
+    without this, for the same read group size.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def create_npy(path: str | os.PathLike[str], dtype: np.typing.DTypeLike, shape: tuple[int, ...]) -> np.memmap:

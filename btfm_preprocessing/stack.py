@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from btfm_core.fileio import release_pages
+from btfm_core.fileio import release_free_heap, release_pages
 from btfm_core.grid import Grid
 from btfm_core.tiles import (
     BANDS_FILE,
@@ -162,6 +162,7 @@ def _fill_s2(writers: Sequence[TileWriter], read: Callable[[AcquisitionDay], S2D
         bands[tile][index], masks[tile][index] = part.bands, part.mask
         if (index + 1) % RELEASE_EVERY_DAYS == 0:  # the written days leave memory: RSS stays at a few days
             release_pages(bands[tile])
+            release_free_heap()
 
     kept = _fill_days(days, read, lambda day, window: day.window(*window), windows, store, day_pool, days_ahead)
     valid_per_pixel = []
@@ -188,6 +189,7 @@ def _fill_s1(writers: Sequence[TileWriter], direction: str, read: Callable[[Acqu
         sar[tile][index] = part
         if (index + 1) % RELEASE_EVERY_DAYS == 0:
             release_pages(sar[tile])
+            release_free_heap()
 
     kept = _fill_days(days, read, lambda codes, window: s1_window(codes, *window), windows, store, day_pool,
                       days_ahead)

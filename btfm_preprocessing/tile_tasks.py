@@ -5,13 +5,13 @@ A :class:`TileJob` holds everything a group of neighbouring tiles needs once the
 sees the run folder can write it: :func:`write_tile_group` reads each day once on the group's
 union grid, masks it and stacks each tile's window into its
 :class:`~btfm_core.tiles.TileWriter` (temporary folder, validated, renamed), and skips the tiles
-that are already done. Groups are blocks of up to ``side`` x ``side`` tiles
-(:func:`tile_groups`, ``--read-group``): a COG block under several tiles of a group is fetched
-and decoded once, not once per tile. :func:`run_on_dask` sends one task per group to a cluster:
-the client checks first that every worker sees the run folder (a probe file), a failed group is
-retried ``retries`` times and then reported while the others go on, and a worker that dies
-mid-group leaves only temporary folders (removed at the end) while its group is redone by another
-worker.
+that are already done. Groups are blocks of neighbouring tiles (:func:`tile_groups`, K x K for
+``--read-group K``, smaller on a cluster, :func:`groups_for_workers`): a COG block under several
+tiles of a group is fetched and decoded once, not once per tile. :func:`run_on_dask` sends one
+task per group to a cluster: the client checks first that every worker sees the run folder (a
+probe file), a failed group is retried ``retries`` times and then reported while the others go
+on, and a worker that dies mid-group leaves only temporary folders (removed at the end) while
+its group is redone by another worker.
 
 Every worker must see the run folder and the ROI at the same paths (a shared file system).
 """
