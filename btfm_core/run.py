@@ -10,7 +10,8 @@ A run folder (``main_pipeline.sh --data-dir``, by default the ROI's folder) hold
     stitched_representation.npy (+ .json)      the stitched (H, W, D) map and its grid record
     stitched_representation.{tif,png,zarr,stac.json}   exports
     logs/<step>.log                            one log per step
-    cache/                                     search answers, S1 downloads (removed at the end)
+    cache/                                     search answers, S1 downloads, day ranges of tiles written
+                                               by cluster tasks (cache/tile_parts/; removed at the end)
 
 :class:`RunLayout` is the only place these names are spelled. The two records carry a
 ``schema_version``; a reader refuses a record written by a newer BTFM (a field it does not know
@@ -33,8 +34,9 @@ from btfm_core.errors import InputDataError
 from btfm_core.fileio import atomic_path
 
 __all__ = ["CACHE_DIRNAME", "INFERENCE_RECORD_FILE", "LOGS_DIRNAME", "REPRESENTATION_DIRNAME", "ROI_FILE",
-           "RUN_METADATA_FILE", "SCHEMA_VERSION", "STITCHED_STEM", "TILES_DIRNAME", "InferenceRecord", "RunLayout",
-           "RunMetadata", "RunRecordError", "finished_run_metadata", "shell_assignments"]
+           "RUN_METADATA_FILE", "SCHEMA_VERSION", "STITCHED_STEM", "TILES_DIRNAME", "TILE_PARTS_DIRNAME",
+           "InferenceRecord", "RunLayout", "RunMetadata", "RunRecordError", "finished_run_metadata",
+           "shell_assignments"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ REPRESENTATION_DIRNAME = "representation_retiled"
 STITCHED_STEM = "stitched_representation"
 LOGS_DIRNAME = "logs"
 CACHE_DIRNAME = "cache"
+TILE_PARTS_DIRNAME = "tile_parts"
 RUN_METADATA_FILE = "run_metadata.json"
 INFERENCE_RECORD_FILE = "inference.json"
 
@@ -105,6 +108,11 @@ class RunLayout:
     def cache_dir(self) -> Path:
         """Search answers and downloads of a preprocessing run (``--keep-intermediate`` keeps them)."""
         return self.root / CACHE_DIRNAME
+
+    @property
+    def tile_parts_dir(self) -> Path:
+        """Partial tiles (a day range each) that cluster tasks write and a last task joins (in the cache)."""
+        return self.cache_dir / TILE_PARTS_DIRNAME
 
     def log_file(self, step: str) -> Path:
         """``logs/<step>.log`` (``preprocess``, ``stitch``, ...)."""

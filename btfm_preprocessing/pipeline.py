@@ -71,7 +71,6 @@ from btfm_preprocessing.tile_tasks import (
     connect,
     default_read_group,
     done_stats,
-    groups_for_workers,
     peak_rss_mb,
     run_on_dask,
     tile_groups,
@@ -317,8 +316,8 @@ class RunSummary:
         if result.worker != "local":  # a local tile's bytes and memory are this process's
             if result.network_bytes is not None:
                 self.network_bytes = (self.network_bytes or 0) + result.network_bytes
-            self.peak_rss_by_worker[result.worker] = max(result.peak_rss_mb,
-                                                         self.peak_rss_by_worker.get(result.worker, 0.0))
+            for worker, peak in ((result.worker, result.peak_rss_mb), *result.part_workers):
+                self.peak_rss_by_worker[worker] = max(peak, self.peak_rss_by_worker.get(worker, 0.0))
 
     def lines(self, tiles_dir: Path) -> list[str]:
         """Human-readable summary."""
@@ -380,26 +379,20 @@ def _check_scenes(settings: PreprocessSettings, s2_scenes: Sequence[Scene], s1_s
 
 
 def tile_jobs(settings: PreprocessSettings, pending: Sequence[TileId], s2_days: Sequence[AcquisitionDay],
-              s1_days: dict[str, list[AcquisitionDay]], metadata: dict[str, object],
-              cluster_workers: int = 0) -> list[TileJob]:
-    """One :class:`TileJob` per group of pending tiles (``--read-group`` a side).
-
-    On a cluster of ``cluster_workers`` the groups are made smaller until there are at least as
-    many as workers (every worker gets one), down to one tile per job.
-    """
-    shape, groups = groups_for_workers(pending, settings.tile_size, settings.read_group, cluster_workers)
-    if shape != (settings.read_group, settings.read_group):
-        log.info("tiles read in groups of %d x %d so that the %d workers all get one", *shape, cluster_workers)
+              s1_days: dict[str, list[AcquisitionDay]], metadata: dict[str, object]) -> list[TileJob]:
+    """One :class:`TileJob` per group of pending tiles (``--read-group`` a side)."""
+    groups = tile_groups(pending, settings.tile_size, (settings.read_group, settings.read_group))
     return [TileJob(settings.tiles_dir, group, settings.roi.path, settings.roi.grid, settings.source,
                     settings.s1_source, settings.source_options, tuple(s2_days), s1_days, dict(metadata),
                     settings.workers) for group in groups]
 
 
 def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: RunSummary, client: object,
-                sources: tuple[S2Source, S1Source], traffic: NetworkCounter) -> None:
+                sources: tuple[S2Source, S1Source], traffic: NetworkCounter, cluster_workers: int = 0) -> None:
     """Write the jobs' tiles here (one after the other, reads in parallel) or on the Dask ``client``.
 
-    Here, the run's ``sources`` read and add to its ``traffic``; workers make their own.
+    Here, the run's ``sources`` read and add to its ``traffic``; workers make their own (with
+    fewer groups than its ``cluster_workers``, the groups' days are split between them).
 
     Raises:
         BTFMError: tiles failed on the cluster after their retries (the others are written).
@@ -410,7 +403,8 @@ def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: 
         summary.add(result)
 
     if client is not None:
-        failures = run_on_dask(client, jobs, retries=settings.retries, on_result=record)
+        failures = run_on_dask(client, jobs, retries=settings.retries, on_result=record, workers=cluster_workers,
+                               parts_dir=settings.layout.tile_parts_dir)
         if failures:
             raise BTFMError(f"{len(failures)} of {sum(len(job.tiles) for job in jobs)} tile(s) failed after "
                             f"{settings.retries} retries: "
@@ -516,8 +510,8 @@ def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCou
     # recorded in every tile and the run metadata: never a password of a --catalog URL
     provenance = redact_values({**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
                                 "s1_backscatter": s1_source.backscatter})
-    jobs = tile_jobs(settings, pending, s2_days, s1_days, {"run_key": settings.run_key, **provenance}, cluster_workers)
-    write_tiles(settings, jobs, summary, client, (s2_source, s1_source), traffic)
+    jobs = tile_jobs(settings, pending, s2_days, s1_days, {"run_key": settings.run_key, **provenance})
+    write_tiles(settings, jobs, summary, client, (s2_source, s1_source), traffic, cluster_workers)
     warn_unobserved(summary.valid_counts)
     if finished:
         log.info("all tiles were already done; %s kept as it is", settings.layout.run_metadata_file)

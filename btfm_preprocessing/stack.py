@@ -15,10 +15,11 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from btfm_core.errors import TileFormatError
 from btfm_core.fileio import release_free_heap, release_pages
 from btfm_core.grid import Grid
 from btfm_core.tiles import (
@@ -26,6 +27,7 @@ from btfm_core.tiles import (
     DOYS_FILE,
     MASKS_FILE,
     ORBIT_DIRECTIONS,
+    TileArrays,
     TileWriter,
     sar_doy_file,
     sar_file,
@@ -200,6 +202,57 @@ def _fill_s1(writers: Sequence[TileWriter], direction: str, read: Callable[[Acqu
         writer.shrink_dates(sar_file(direction), len(tile_days))
         writer.write_array(sar_doy_file(direction), np.array([d.doy for d in tile_days], np.int32))
     return kept
+
+
+def join_day_parts(writer: TileWriter, parts: Sequence[TileArrays], parts_metadata: Sequence[dict[str, Any]],
+                   s2_days: Sequence[AcquisitionDay], s1_days: dict[str, list[AcquisitionDay]]) -> TileStats:
+    """Fill an open :class:`TileWriter` with partial tiles of consecutive day ranges, in their order.
+
+    ``parts`` are :func:`build_tiles` outputs of the same tile for day ranges that follow each
+    other (``parts_metadata`` their ``tile.json``); a day is kept in a tile or not whatever the
+    other days, so the joined tile is what one :func:`build_tiles` over all the days gives, byte
+    for byte, and so are its dates and scenes. Arrays are copied a day at a time.
+
+    Args:
+        s2_days, s1_days: all the days of the run (the parts' dates are looked up in them).
+
+    Returns:
+        The tile's :class:`TileStats`.
+    """
+    def kept_days(days: Sequence[AcquisitionDay], key: str) -> list[AcquisitionDay]:
+        by_date = {day.day.isoformat(): day for day in days}
+        return [by_date[date] for metadata in parts_metadata for date in metadata[key]]
+
+    kept = kept_days(s2_days, "s2_dates")
+    masks = writer.allocate_masks(len(kept))
+    _copy_days(writer.allocate_bands(len(kept)), [part.bands for part in parts])
+    _copy_days(masks, [part.masks for part in parts])
+    valid_per_pixel = masks.sum(axis=0, dtype=np.int32)[writer.roi_mask != 0]
+    del masks
+    writer.write_array(DOYS_FILE, np.array([d.doy for d in kept], np.uint16))
+    s1_kept: dict[str, list[AcquisitionDay]] = {}
+    for direction in ORBIT_DIRECTIONS:
+        s1_kept[direction] = kept_days(s1_days.get(direction, []), f"s1_{direction}_dates")
+        _copy_days(writer.allocate_sar(direction, len(s1_kept[direction])),
+                   [getattr(part, f"sar_{direction}") for part in parts])
+        writer.write_array(sar_doy_file(direction), np.array([d.doy for d in s1_kept[direction]], np.int32))
+    return _record(writer, kept, s1_kept, valid_per_pixel)
+
+
+def _copy_days(target: np.ndarray, sources: Sequence[np.ndarray]) -> None:
+    """Copy ``sources`` (memory maps of T_i days each) one day at a time into ``target`` (sum T_i days)."""
+    index = 0
+    for source in sources:
+        for day in range(source.shape[0]):
+            target[index] = source[day]
+            index += 1
+            if index % RELEASE_EVERY_DAYS == 0:
+                release_pages(target)
+                release_pages(source)
+    if index != target.shape[0]:
+        raise TileFormatError(f"partial tiles hold {index} days where their tile.json files name "
+                              f"{target.shape[0]}; delete the run's cache folder and rerun")
+    target.flush()
 
 
 def _record(writer: TileWriter, kept: list[AcquisitionDay], s1_kept: dict[str, list[AcquisitionDay]],

@@ -6,21 +6,27 @@ sees the run folder can write it: :func:`write_tile_group` reads each day once o
 union grid, masks it and stacks each tile's window into its
 :class:`~btfm_core.tiles.TileWriter` (temporary folder, validated, renamed), and skips the tiles
 that are already done. Groups are blocks of neighbouring tiles (:func:`tile_groups`, K x K for
-``--read-group K``, smaller on a cluster, :func:`groups_for_workers`): a COG block under several
-tiles of a group is fetched and decoded once, not once per tile. :func:`run_on_dask` sends one
-task per group to a cluster: the client checks first that every worker sees the run folder (a
-probe file), a failed group is retried ``retries`` times and then reported while the others go
-on, and a worker that dies mid-group leaves only temporary folders (removed at the end) while
-its group is redone by another worker.
+``--read-group K``): a COG block under several tiles of a group is fetched and decoded once, not
+once per tile. :func:`run_on_dask` sends one task per group to a cluster; with fewer groups than
+workers, each group's days are split instead (:meth:`TileJob.day_parts`): one task per day range
+writes partial tiles, and a last task joins them (:func:`join_tile_parts`), so that every worker
+reads other files, where smaller groups would read the blocks they share twice. The client
+checks first that every worker sees the run folder (a probe file), a failed task is retried
+``retries`` times and then its tiles are reported while the others go on, and a worker that
+dies mid-task leaves only temporary folders (removed at the end) while its task is redone by
+another worker.
 
 Every worker must see the run folder and the ROI at the same paths (a shared file system).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import logging
 import os
+import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -40,13 +46,13 @@ from btfm_core.roi import open_roi
 from btfm_core.tiles import ORBIT_DIRECTIONS, TileId, TileWriter, read_tile, read_tile_metadata
 from btfm_preprocessing.reader import gdal_env
 from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, AcquisitionDay, S1Source, S2Source, SourceOptions
-from btfm_preprocessing.stack import TileStats, Window, build_tiles
+from btfm_preprocessing.stack import TileStats, Window, build_tiles, join_day_parts
 from btfm_preprocessing.traffic import NetworkCounter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TileJob", "TileResult", "connect", "default_read_group", "groups_for_workers", "run_on_dask", "tile_groups",
-           "write_tile_group"]
+__all__ = ["TileJob", "TileResult", "connect", "day_part_count", "default_read_group", "join_tile_parts", "run_on_dask",
+           "split_days", "tile_groups", "write_tile_group"]
 
 #: Seconds to wait for a ``--scheduler`` to answer.
 CONNECT_TIMEOUT_S = 10.0
@@ -79,23 +85,19 @@ def tile_groups(tiles: Sequence[TileId], tile_size: int, shape: tuple[int, int])
     return [tuple(sorted(blocks[key], key=lambda t: (t.y0, t.x0))) for key in sorted(blocks)]
 
 
-def groups_for_workers(tiles: Sequence[TileId], tile_size: int, side: int,
-                       workers: int) -> tuple[tuple[int, int], list[tuple[TileId, ...]]]:
-    """The :func:`tile_groups` of ``side`` x ``side``, made smaller until there are at least ``workers`` of them.
+def day_part_count(groups: int, workers: int) -> int:
+    """Day ranges each group is split into so that ``workers`` all get a task (1: no split)."""
+    return max(1, -(-workers // max(1, groups)))
 
-    The longer side of the block loses a tile at a time (2 x 2, then 1 x 2, then 1 x 1), so that
-    every worker of a cluster gets a group while tiles still share their reads.
 
-    Returns:
-        The block shape (rows, cols) and the groups.
-    """
-    shape = (side, side)
-    groups = tile_groups(tiles, tile_size, shape)
-    while len(groups) < workers and shape != (1, 1):
-        rows, cols = shape
-        shape = (rows - 1, cols) if rows >= cols and rows > 1 else (rows, cols - 1)
-        groups = tile_groups(tiles, tile_size, shape)
-    return shape, groups
+def split_days(days: Sequence[AcquisitionDay], parts: int) -> list[tuple[AcquisitionDay, ...]]:
+    """``days`` in ``parts`` consecutive runs with about as many scenes each (some may be empty)."""
+    scenes = np.cumsum([len(day.scenes) for day in days])
+    total = int(scenes[-1]) if len(days) else 0
+    # each range ends with the day that brings its scenes to its share of the total
+    cuts = [0, *(min(len(days), int(np.searchsorted(scenes, total * k / parts)) + 1) for k in range(1, parts)),
+            len(days)]
+    return [tuple(days[start:end]) for start, end in itertools.pairwise(cuts)]
 
 
 def union_tile(tiles: Sequence[TileId]) -> TileId:
@@ -149,6 +151,20 @@ class TileJob:
         first = self.tiles[0].name
         return first if len(self.tiles) == 1 else f"{first} (+{len(self.tiles) - 1} neighbouring tiles)"
 
+    def day_parts(self, count: int, parts_dir: Path) -> list[TileJob]:
+        """This job as ``count`` jobs of consecutive day ranges (:func:`split_days`, S2 and each S1 orbit).
+
+        Each writes partial tiles of its days into its own folder under ``parts_dir`` (named by
+        the group, the run and the range, so that a rerun finds those it finished);
+        :func:`join_tile_parts` makes the tiles of them.
+        """
+        s2 = split_days(self.s2_days, count)
+        s1 = {direction: split_days(days, count) for direction, days in self.s1_days.items()}
+        stem = f"{self.tiles[0].name}+{len(self.tiles)}-{self.run_key[:16]}"
+        return [dataclasses.replace(self, tiles_dir=parts_dir / f"{stem}-days{index + 1}of{count}", s2_days=s2[index],
+                                    s1_days={direction: list(ranges[index]) for direction, ranges in s1.items()})
+                for index in range(count)]
+
 
 @dataclass(frozen=True)
 class TileResult:
@@ -162,6 +178,8 @@ class TileResult:
         worker: who wrote it (``local`` or the Dask worker's address).
         skipped: the tile was already done.
         tile: the tile's name.
+        part_workers: (worker, peak RSS MB) of the tasks that wrote its day ranges, when it was
+            joined from them (:func:`join_tile_parts`).
     """
 
     stats: TileStats
@@ -170,6 +188,7 @@ class TileResult:
     worker: str = "local"
     skipped: bool = False
     tile: str = ""
+    part_workers: tuple[tuple[str, float], ...] = ()
 
 
 def peak_rss_mb() -> float:
@@ -261,6 +280,44 @@ def _write_together(job: TileJob, tiles: Sequence[TileId], s2_source: S2Source, 
                            day_pool=days_pool, days_ahead=days_ahead)
 
 
+def join_tile_parts(job: TileJob, parts: Sequence[TileJob], part_results: Sequence[Sequence[TileResult]],
+                    *, worker: str = "local") -> list[TileResult]:
+    """Write ``job``'s tiles from the partial tiles of its :meth:`~TileJob.day_parts`; skip those that are done.
+
+    Each tile is what :func:`write_tile_group` writes for ``job``, byte for byte
+    (:func:`~btfm_preprocessing.stack.join_day_parts`). The parts' folders are removed once
+    every tile is written.
+
+    Args:
+        parts: the day-range jobs, in their order; part_results: what each of them returned.
+        worker: who joins them (recorded in the results).
+
+    Returns:
+        One :class:`TileResult` per tile of the job, in its order; bytes read and the part tasks'
+        workers are those of its day ranges.
+    """
+    roi = open_roi(job.roi_path)
+    results = []
+    for index, tile in enumerate(job.tiles):
+        stats = done_stats(job.tiles_dir / tile.name, job.run_key)
+        if stats is not None:
+            results.append(TileResult(stats, 0, peak_rss_mb(), worker, skipped=True, tile=tile.name))
+            continue
+        folders = [part.tiles_dir / tile.name for part in parts]
+        grid = tile.grid(job.roi_grid)
+        with TileWriter(job.tiles_dir, tile, grid, roi.read_mask(grid), job.metadata) as writer:
+            stats = join_day_parts(writer, [read_tile(folder, tile=tile) for folder in folders],
+                                   [read_tile_metadata(folder) for folder in folders], job.s2_days, job.s1_days)
+        written = [result[index] for result in part_results]
+        network = [result.network_bytes for result in written]
+        results.append(TileResult(stats, None if None in network else sum(n or 0 for n in network), peak_rss_mb(),
+                                  worker, tile=tile.name,
+                                  part_workers=tuple((r.worker, r.peak_rss_mb) for r in written if not r.skipped)))
+    for part in parts:
+        shutil.rmtree(part.tiles_dir, ignore_errors=True)
+    return results
+
+
 @contextmanager
 def _pools(workers: int, pool: Executor | None, day_pool: Executor | None) -> Iterator[tuple[Executor, Executor]]:
     if pool is not None and day_pool is not None:
@@ -270,15 +327,25 @@ def _pools(workers: int, pool: Executor | None, day_pool: Executor | None) -> It
         yield own_pool, own_days
 
 
-def _dask_task(job: TileJob) -> list[TileResult]:
-    """A cluster task: :func:`write_tile_group` with this worker's address recorded."""
+def _worker_name() -> str:
+    """This Dask worker's address (or the process id outside a worker)."""
     try:
         from distributed import get_worker
 
-        name = str(get_worker().address)
+        return str(get_worker().address)
     except (ImportError, ValueError):
-        name = f"pid {os.getpid()}"
-    return write_tile_group(job, worker=name)
+        return f"pid {os.getpid()}"
+
+
+def _dask_task(job: TileJob) -> list[TileResult]:
+    """A cluster task: :func:`write_tile_group` with this worker's address recorded."""
+    return write_tile_group(job, worker=_worker_name())
+
+
+def _dask_join(job: TileJob, parts: Sequence[TileJob],
+               part_results: Sequence[Sequence[TileResult]]) -> list[TileResult]:
+    """A cluster task: :func:`join_tile_parts` with this worker's address recorded."""
+    return join_tile_parts(job, parts, part_results, worker=_worker_name())
 
 
 def connect(scheduler: str | None, local_workers: int, threads: int) -> tuple[Any, Any]:
@@ -329,20 +396,35 @@ def check_workers_see(client: Any, data_dir: Path, roi_path: Path) -> int:
     return len(answers)
 
 
-def run_on_dask(client: Any, jobs: Sequence[TileJob], *, retries: int,
-                on_result: Callable[[TileResult], None]) -> list[str]:
-    """Write ``jobs`` as one Dask task each; ``on_result`` for each tile as its group finishes; return the failures.
+def run_on_dask(client: Any, jobs: Sequence[TileJob], *, retries: int, on_result: Callable[[TileResult], None],
+                workers: int = 1, parts_dir: Path | None = None) -> list[str]:
+    """Write ``jobs`` on the Dask ``client``; ``on_result`` for each tile as its group finishes; return the failures.
 
-    A task that fails is retried ``retries`` times (a worker that dies mid-group has its task
-    rescheduled by Dask); one that still fails is logged and its tiles listed, and the others go on.
+    A job is one task, or, with fewer jobs than ``workers`` and a ``parts_dir``, one task per day
+    range (:func:`day_part_count` of them, :meth:`TileJob.day_parts`) and one that joins them
+    (:func:`join_tile_parts`). A task that fails is retried ``retries`` times (a worker that dies
+    mid-task has its task rescheduled by Dask); a job whose task still fails is logged and its
+    tiles listed, and the others go on.
 
     Returns:
         ``"<tile>: <reason>"`` for every tile of the groups that failed.
     """
     from distributed import as_completed
 
-    futures = {client.submit(_dask_task, job, key=f"btfm-tiles-{job.tiles[0].name}-{len(job.tiles)}-{job.run_key}",
-                             retries=retries, pure=False): job for job in jobs}
+    count = day_part_count(len(jobs), workers) if parts_dir is not None else 1
+    if count > 1:
+        log.info("%d read group(s) for %d workers: each group's days are read in %d ranges by as many tasks, "
+                 "then joined", len(jobs), workers, count)
+    futures = {}
+    for job in jobs:
+        key = f"btfm-tiles-{job.tiles[0].name}-{len(job.tiles)}-{job.run_key}"
+        if parts_dir is None or count == 1:
+            futures[client.submit(_dask_task, job, key=key, retries=retries, pure=False)] = job
+            continue
+        parts = job.day_parts(count, parts_dir)
+        written = [client.submit(_dask_task, part, key=f"{key}-{part.tiles_dir.name}", retries=retries, pure=False)
+                   for part in parts]
+        futures[client.submit(_dask_join, job, parts, written, key=key, retries=retries, pure=False)] = job
     failures: list[str] = []
     with progress(total=sum(len(job.tiles) for job in jobs), desc="tiles", unit="tile") as bar:
         for future in as_completed(futures):
@@ -359,4 +441,6 @@ def run_on_dask(client: Any, jobs: Sequence[TileJob], *, retries: int,
                 on_result(result)
     if jobs:
         remove_stale_temporaries(jobs[0].tiles_dir)  # what a worker that died mid-group left
+    if parts_dir is not None and not failures:  # kept after a failure: a rerun finds the ranges it finished
+        shutil.rmtree(parts_dir, ignore_errors=True)
     return failures

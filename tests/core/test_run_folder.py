@@ -90,7 +90,7 @@ def test_shell_assignments_for_the_bash_drivers(tmp_path: Path) -> None:
 
 def test_no_module_spells_the_run_folder_names() -> None:
     names = {run.TILES_DIRNAME, run.REPRESENTATION_DIRNAME, run.RUN_METADATA_FILE, run.INFERENCE_RECORD_FILE,
-             run.CACHE_DIRNAME, run.LOGS_DIRNAME, f"{run.STITCHED_STEM}.npy"}
+             run.CACHE_DIRNAME, run.TILE_PARTS_DIRNAME, run.LOGS_DIRNAME, f"{run.STITCHED_STEM}.npy"}
     found = []
     for path in sorted(REPO.glob("btfm_*/**/*.py")) + sorted(REPO.glob("scripts/*.py")):
         if path == REPO / "btfm_core" / "run.py":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import os
 import re
@@ -17,15 +18,19 @@ import pytest
 from btfm_core.errors import BTFMError
 from btfm_core.tiles import tile_layout
 from btfm_preprocessing import pipeline
-from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES
+from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, AcquisitionDay
 from btfm_preprocessing.stack import group_by_day, split_by_orbit
 from btfm_preprocessing.tile_tasks import (
+    TileJob,
     check_workers_see,
     connect,
+    day_part_count,
     default_read_group,
-    groups_for_workers,
+    join_tile_parts,
     run_on_dask,
+    split_days,
     tile_groups,
+    write_tile_group,
 )
 from tests.conftest import DEMO_DIR
 from tests.test_end_to_end import crop_roi
@@ -65,8 +70,10 @@ def fresh(run: Path) -> Path:
 def test_tiles_on_a_local_cluster_are_byte_identical_to_a_local_run(local_run: tuple[Path, dict[str, str]],
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     run, expected = local_run
+    # the 4 tiles are one read group: its days are split in 2 ranges, one per worker, then joined
     assert pipeline.main([str(fresh(run) / "roi.tiff"), *DATES, *CATALOG, "--dask-local", "2"]) == 0
     assert tiles_digest(run) == expected
+    assert "each group's days are read in 2 ranges" in caplog.text and not (run / "cache").exists()
     assert "2 worker(s) see the run folder" in caplog.text
     assert "tiles: 4 (4 written, 0 already done)" in caplog.text and "; worker tcp://" in caplog.text
     caplog.clear()
@@ -86,9 +93,11 @@ def test_a_worker_killed_mid_tile_has_its_tile_redone(local_run: tuple[Path, dic
         victim = None
         deadline = time.monotonic() + 120
         while victim is None and proc.poll() is None and time.monotonic() < deadline:
-            if tiles.is_dir():
-                pids = [int(m.group(1)) for p in tiles.iterdir() if (m := in_progress.match(p.name))]
-                victim = pids[0] if pids else None
+            # a tile of a day range (2 workers, one read group), or one being joined
+            folders = [tiles, *(run / "cache" / "tile_parts").glob("*")]
+            pids = [int(m.group(1)) for folder in folders if folder.is_dir() for p in folder.iterdir()
+                    if (m := in_progress.match(p.name))]
+            victim = pids[0] if pids else None
             time.sleep(0.002)
         assert victim is not None, "no tile was seen in progress"
         os.kill(victim, signal.SIGKILL)
@@ -99,35 +108,66 @@ def test_a_worker_killed_mid_tile_has_its_tile_redone(local_run: tuple[Path, dic
             proc.wait()
     assert proc.returncode == 0, err
     assert tiles_digest(run) == expected
-    assert not [p for p in tiles.rglob("*") if p.name.startswith(".tmp-")]
+    assert not [p for p in tiles.rglob("*") if p.name.startswith(".tmp-")] and not (run / "cache").exists()
 
 
-def test_a_failing_group_is_retried_then_reported_while_the_others_are_written(tmp_path: Path) -> None:
-    run = tmp_path
-    crop_roi(run / "roi.tiff", col=0, row=0, width=96, height=80)  # 3 x 3 tiles of 32 px
+def demo_jobs(run: Path, *flags: str) -> tuple[pipeline.PreprocessSettings, list[TileJob]]:
+    """The settings and tile jobs of a run on the demo catalog (searched, nothing written)."""
     settings = pipeline.settings_from_args(pipeline.build_parser().parse_args([str(run / "roi.tiff"), *DATES,
-                                                                                *CATALOG]))
+                                                                                *CATALOG, *flags]))
     s2 = S2_SOURCES[settings.source](settings.source_options)
     s1 = S1_SOURCES[settings.s1_source](settings.source_options)
     s2_scenes, s1_scenes = pipeline.search_scenes(settings, s2, s1)
     settings.tiles_dir.mkdir()
-    jobs = pipeline.tile_jobs(settings, pipeline.plan_tiles(settings), group_by_day(s2_scenes),
-                              {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()}, {"run_key": "k"},
-                              cluster_workers=2)
-    # 3 x 3 tiles: read 4 x 4 by default, one group would leave a worker idle; 2 x 3 gives 2 groups
-    assert [len(job.tiles) for job in jobs] == [6, 3]
+    return settings, pipeline.tile_jobs(settings, pipeline.plan_tiles(settings), group_by_day(s2_scenes),
+                                        {d: group_by_day(v) for d, v in split_by_orbit(s1_scenes).items()},
+                                        {"run_key": "k"})
+
+
+@pytest.mark.parametrize("workers", [2, 4])  # one task per group, or two day ranges and a join per group
+def test_a_failing_group_is_retried_then_reported_while_the_others_are_written(tmp_path: Path, workers: int) -> None:
+    run = tmp_path
+    crop_roi(run / "roi.tiff", col=0, row=0, width=96, height=80)  # 3 x 3 tiles of 32 px
+    settings, jobs = demo_jobs(run, "--read-group", "2")
+    assert [len(job.tiles) for job in jobs] == [4, 2, 2, 1]
+    jobs = jobs[:2]
     jobs[1] = dataclasses.replace(jobs[1], roi_path=run / "missing.tiff")  # fails on every try
     client, cluster = connect(None, 2, threads=1)
     written = []
     try:
-        failures = run_on_dask(client, jobs, retries=1, on_result=lambda result: written.append(result.tile))
+        failures = run_on_dask(client, jobs, retries=1, on_result=lambda result: written.append(result.tile),
+                               workers=workers, parts_dir=settings.layout.tile_parts_dir)
     finally:
         client.close()
         cluster.close()
     assert [failure.split(":")[0] for failure in failures] == [tile.name for tile in jobs[1].tiles]
     assert all("missing.tiff" in failure for failure in failures)
-    assert sorted(written) == sorted(tile.name for job in jobs if job is not jobs[1] for tile in job.tiles)
+    assert sorted(written) == sorted(tile.name for tile in jobs[0].tiles)
     assert sorted(p.name for p in settings.tiles_dir.iterdir()) == sorted(written)
+    # the failed group's finished day ranges (none: its ROI is missing) are kept for a rerun; the other's are gone
+    parts = sorted(p.name for p in settings.layout.tile_parts_dir.glob("*")) if workers == 4 else []
+    assert not [name for name in parts if name.startswith(jobs[0].tiles[0].name)]
+
+
+def test_tiles_joined_from_day_ranges_are_those_of_one_pass(tmp_path: Path) -> None:
+    crop_roi(tmp_path / "roi.tiff", width=48, height=40)
+    settings, jobs = demo_jobs(tmp_path)
+    (job,) = jobs  # the 4 tiles of 32 px are one read group
+    whole = write_tile_group(job)
+    one_pass = tiles_digest(tmp_path)
+    joined_dir = tmp_path / "joined" / "retiled_d_pixel"
+    joined_dir.mkdir(parents=True)
+    joined_job = dataclasses.replace(job, tiles_dir=joined_dir)
+    parts = joined_job.day_parts(3, settings.layout.tile_parts_dir)
+    assert [len(p.s2_days) for p in parts] == [4, 3, 3] and sum(len(p.s1_days["ascending"]) for p in parts) == 12
+    results = join_tile_parts(joined_job, parts, [write_tile_group(part) for part in parts])
+    assert tiles_digest(tmp_path / "joined") == one_pass
+    assert [(r.tile, r.stats.s2_dates, r.stats.s1_dates, r.stats.scenes_used) for r in results] == \
+        [(r.tile, r.stats.s2_dates, r.stats.s1_dates, r.stats.scenes_used) for r in whole]
+    assert all((r.stats.valid_per_pixel == w.stats.valid_per_pixel).all() for r, w in zip(results, whole, strict=True))
+    assert [len(r.part_workers) for r in results] == [3] * 4 and not any(p.tiles_dir.exists() for p in parts)
+    # a join rerun finds its tiles done
+    assert all(r.skipped for r in join_tile_parts(joined_job, parts, [[] for _ in parts]))
 
 
 class BlindClient:
@@ -179,14 +219,19 @@ def test_dry_run_with_overwrite_is_refused(tmp_path: Path, capsys: pytest.Captur
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roi.tiff"]
 
 
-def test_read_groups_follow_the_layout_and_shrink_until_every_worker_has_one() -> None:
+def test_read_groups_follow_the_layout_and_days_split_by_scenes_for_more_workers() -> None:
     tiles = tile_layout(1000, 1500, 500)  # 2 rows x 3 columns of tiles
     assert default_read_group(500) == 2 and default_read_group(32) == 4 and default_read_group(2000) == 1
     assert [[t.name for t in group] for group in tile_groups(tiles, 500, (2, 2))] == [
         ["0_0_500_500", "500_0_1000_500", "0_500_500_1000", "500_500_1000_1000"],
         ["1000_0_1500_500", "1000_500_1500_1000"]]
-    assert groups_for_workers(tiles, 500, 2, 1)[0] == (2, 2)
-    shape, groups = groups_for_workers(tiles, 500, 2, 3)
-    assert shape == (1, 2) and [len(g) for g in groups] == [2, 1, 2, 1]
-    shape, groups = groups_for_workers(tiles, 500, 2, 8)  # more workers than tiles: one tile each
-    assert shape == (1, 1) and len(groups) == 6
+    assert [day_part_count(groups, 4) for groups in (1, 2, 3, 4, 9)] == [4, 2, 2, 1, 1]
+    assert day_part_count(0, 2) == 2
+    def days(*scenes: int) -> list[AcquisitionDay]:  # days with that many scenes each (split_days counts them)
+        return [AcquisitionDay(dt.date(2021, 1, 1 + i), ("scene",) * n) for i, n in enumerate(scenes)]  # type: ignore[arg-type]
+
+    assert [len(part) for part in split_days(days(3, 1, 1, 1), 2)] == [1, 3]  # 3 scenes, then 3
+    assert [len(part) for part in split_days(days(1, 1, 1, 1, 1, 1, 1), 3)] == [3, 2, 2]
+    assert sorted(len(part) for part in split_days(days(1, 1, 1), 5)) == [0, 0, 1, 1, 1]  # more ranges than days
+    assert split_days([], 3) == [(), (), ()]
+    assert sum(split_days(days(*range(1, 30)), 4), ()) == tuple(days(*range(1, 30)))
