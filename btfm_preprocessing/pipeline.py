@@ -69,6 +69,7 @@ from btfm_preprocessing.tile_tasks import (
     TileResult,
     check_workers_see,
     connect,
+    day_part_count,
     default_read_group,
     done_stats,
     peak_rss_mb,
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read K x K neighbouring tiles together: each day once on their union, so a COG "
                              "block under several tiles is fetched and decoded once (default: as many as fit "
                              f"in {READ_GROUP_PX} px a side, at most {MAX_READ_GROUP}; 1 = tile by tile; on a "
-                             "cluster made smaller until there is a group per worker)")
+                             "cluster with fewer groups than workers, each group's days are split between them)")
     parser.add_argument("--max-cloud", type=float, default=90.0,
                         help="skip S2 scenes with more cloud cover than this (percent)")
     parser.add_argument("--keep-intermediate", action="store_true",
@@ -388,11 +389,11 @@ def tile_jobs(settings: PreprocessSettings, pending: Sequence[TileId], s2_days: 
 
 
 def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: RunSummary, client: object,
-                sources: tuple[S2Source, S1Source], traffic: NetworkCounter, cluster_workers: int = 0) -> None:
+                sources: tuple[S2Source, S1Source], traffic: NetworkCounter, day_ranges: int = 1) -> None:
     """Write the jobs' tiles here (one after the other, reads in parallel) or on the Dask ``client``.
 
-    Here, the run's ``sources`` read and add to its ``traffic``; workers make their own (with
-    fewer groups than its ``cluster_workers``, the groups' days are split between them).
+    Here, the run's ``sources`` read and add to its ``traffic``; workers make their own, each job
+    in ``day_ranges`` tasks and a join when that is more than one (:func:`run_on_dask`).
 
     Raises:
         BTFMError: tiles failed on the cluster after their retries (the others are written).
@@ -403,7 +404,7 @@ def write_tiles(settings: PreprocessSettings, jobs: Sequence[TileJob], summary: 
         summary.add(result)
 
     if client is not None:
-        failures = run_on_dask(client, jobs, retries=settings.retries, on_result=record, workers=cluster_workers,
+        failures = run_on_dask(client, jobs, retries=settings.retries, on_result=record, day_ranges=day_ranges,
                                parts_dir=settings.layout.tile_parts_dir)
         if failures:
             raise BTFMError(f"{len(failures)} of {sum(len(job.tiles) for job in jobs)} tile(s) failed after "
@@ -504,14 +505,18 @@ def _run_steps(settings: PreprocessSettings, client: object, traffic: NetworkCou
     s1_days = {d: group_by_day(scenes) for d, scenes in split_by_orbit(s1_scenes).items()}
     log.info("%d S2 acquisition days, S1 days: %s", len(s2_days),
              ", ".join(f"{d} {len(s1_days[d])}" for d in ORBIT_DIRECTIONS))
-    s1_counts = {d: len(s1_days[d]) for d in ORBIT_DIRECTIONS}
-    check_free_space(settings.tiles_dir, sum(tile_bytes(tile.shape, len(s2_days), s1_counts) for tile in pending),
-                     f"{len(pending)} tile(s) of {len(s2_days)} S2 days")
     # recorded in every tile and the run metadata: never a password of a --catalog URL
     provenance = redact_values({**s2_source.describe(), "s1_source": s1_source.name, "s1": s1_source.describe(),
                                 "s1_backscatter": s1_source.backscatter})
     jobs = tile_jobs(settings, pending, s2_days, s1_days, {"run_key": settings.run_key, **provenance})
-    write_tiles(settings, jobs, summary, client, (s2_source, s1_source), traffic, cluster_workers)
+    day_ranges = day_part_count(len(jobs), cluster_workers) if client is not None else 1
+    s1_counts = {d: len(s1_days[d]) for d in ORBIT_DIRECTIONS}
+    needed = sum(tile_bytes(tile.shape, len(s2_days), s1_counts) for tile in pending)
+    what = f"{len(pending)} tile(s) of {len(s2_days)} S2 days"
+    if day_ranges > 1:  # the day ranges' partial tiles stay on disk until they are joined
+        needed, what = 2 * needed, f"{what}, and their day ranges before they are joined"
+    check_free_space(settings.tiles_dir, needed, what)
+    write_tiles(settings, jobs, summary, client, (s2_source, s1_source), traffic, day_ranges)
     warn_unobserved(summary.valid_counts)
     if finished:
         log.info("all tiles were already done; %s kept as it is", settings.layout.run_metadata_file)

@@ -397,31 +397,32 @@ def check_workers_see(client: Any, data_dir: Path, roi_path: Path) -> int:
 
 
 def run_on_dask(client: Any, jobs: Sequence[TileJob], *, retries: int, on_result: Callable[[TileResult], None],
-                workers: int = 1, parts_dir: Path | None = None) -> list[str]:
+                day_ranges: int = 1, parts_dir: Path | None = None) -> list[str]:
     """Write ``jobs`` on the Dask ``client``; ``on_result`` for each tile as its group finishes; return the failures.
 
-    A job is one task, or, with fewer jobs than ``workers`` and a ``parts_dir``, one task per day
-    range (:func:`day_part_count` of them, :meth:`TileJob.day_parts`) and one that joins them
-    (:func:`join_tile_parts`). A task that fails is retried ``retries`` times (a worker that dies
-    mid-task has its task rescheduled by Dask); a job whose task still fails is logged and its
-    tiles listed, and the others go on.
+    A job is one task, or with ``day_ranges`` > 1 (:func:`day_part_count`: fewer jobs than
+    workers) one task per day range (:meth:`TileJob.day_parts`, partial tiles under
+    ``parts_dir``) and one that joins them (:func:`join_tile_parts`). A task that fails is
+    retried ``retries`` times (a worker that dies mid-task has its task rescheduled by Dask); a
+    job whose task still fails is logged and its tiles listed, and the others go on.
 
     Returns:
         ``"<tile>: <reason>"`` for every tile of the groups that failed.
     """
     from distributed import as_completed
 
-    count = day_part_count(len(jobs), workers) if parts_dir is not None else 1
-    if count > 1:
-        log.info("%d read group(s) for %d workers: each group's days are read in %d ranges by as many tasks, "
-                 "then joined", len(jobs), workers, count)
+    if day_ranges > 1 and parts_dir is None:
+        raise ValueError("day ranges need a parts_dir for their partial tiles")
+    if day_ranges > 1:
+        log.info("%d read group(s): each group's days are read in %d ranges by as many tasks, then joined",
+                 len(jobs), day_ranges)
     futures = {}
     for job in jobs:
         key = f"btfm-tiles-{job.tiles[0].name}-{len(job.tiles)}-{job.run_key}"
-        if parts_dir is None or count == 1:
+        if parts_dir is None or day_ranges == 1:
             futures[client.submit(_dask_task, job, key=key, retries=retries, pure=False)] = job
             continue
-        parts = job.day_parts(count, parts_dir)
+        parts = job.day_parts(day_ranges, parts_dir)
         written = [client.submit(_dask_task, part, key=f"{key}-{part.tiles_dir.name}", retries=retries, pure=False)
                    for part in parts]
         futures[client.submit(_dask_join, job, parts, written, key=key, retries=retries, pure=False)] = job
