@@ -9,7 +9,7 @@ that are already done. Groups are blocks of neighbouring tiles (:func:`tile_grou
 ``--read-group K``): a COG block under several tiles of a group is fetched and decoded once, not
 once per tile. :func:`run_on_dask` sends one task per group to a cluster; with fewer groups than
 workers, each group's days are split instead (:meth:`TileJob.day_parts`): one task per day range
-writes partial tiles, and a last task joins them (:func:`join_tile_parts`), so that every worker
+writes partial tiles, and a task per tile joins them (:func:`join_tile_parts`), so that every worker
 reads other files, where smaller groups would read the blocks they share twice. The client
 checks first that every worker sees the run folder (a probe file), a failed task is retried
 ``retries`` times and then its tiles are reported while the others go on, and a worker that
@@ -21,6 +21,7 @@ Every worker must see the run folder and the ROI at the same paths (a shared fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -280,42 +281,41 @@ def _write_together(job: TileJob, tiles: Sequence[TileId], s2_source: S2Source, 
                            day_pool=days_pool, days_ahead=days_ahead)
 
 
-def join_tile_parts(job: TileJob, parts: Sequence[TileJob], part_results: Sequence[Sequence[TileResult]],
-                    *, worker: str = "local") -> list[TileResult]:
-    """Write ``job``'s tiles from the partial tiles of its :meth:`~TileJob.day_parts`; skip those that are done.
+def join_tile_parts(job: TileJob, tile: TileId, parts: Sequence[TileJob],
+                    part_results: Sequence[Sequence[TileResult]], *, worker: str = "local") -> TileResult:
+    """Write one of ``job``'s tiles from its partial tiles in the job's :meth:`~TileJob.day_parts`.
 
-    Each tile is what :func:`write_tile_group` writes for ``job``, byte for byte
-    (:func:`~btfm_preprocessing.stack.join_day_parts`). The parts' folders are removed once
-    every tile is written.
+    The tile is what :func:`write_tile_group` writes for ``job``, byte for byte
+    (:func:`~btfm_preprocessing.stack.join_day_parts`); it is skipped when already done. Its
+    partial tiles are removed once it is written.
 
     Args:
         parts: the day-range jobs, in their order; part_results: what each of them returned.
-        worker: who joins them (recorded in the results).
+        worker: who joins them (recorded in the result).
 
     Returns:
-        One :class:`TileResult` per tile of the job, in its order; bytes read and the part tasks'
-        workers are those of its day ranges.
+        The tile's :class:`TileResult`: bytes read are its day ranges', and their tasks' workers
+        are in ``part_workers``.
     """
-    roi = open_roi(job.roi_path)
-    results = []
-    for index, tile in enumerate(job.tiles):
-        stats = done_stats(job.tiles_dir / tile.name, job.run_key)
-        if stats is not None:
-            results.append(TileResult(stats, 0, peak_rss_mb(), worker, skipped=True, tile=tile.name))
-            continue
-        folders = [part.tiles_dir / tile.name for part in parts]
+    folders = [part.tiles_dir / tile.name for part in parts]
+    stats = done_stats(job.tiles_dir / tile.name, job.run_key)
+    if stats is not None:
+        result = TileResult(stats, 0, peak_rss_mb(), worker, skipped=True, tile=tile.name)
+    else:
         grid = tile.grid(job.roi_grid)
-        with TileWriter(job.tiles_dir, tile, grid, roi.read_mask(grid), job.metadata) as writer:
+        with TileWriter(job.tiles_dir, tile, grid, open_roi(job.roi_path).read_mask(grid), job.metadata) as writer:
             stats = join_day_parts(writer, [read_tile(folder, tile=tile) for folder in folders],
                                    [read_tile_metadata(folder) for folder in folders], job.s2_days, job.s1_days)
-        written = [result[index] for result in part_results]
-        network = [result.network_bytes for result in written]
-        results.append(TileResult(stats, None if None in network else sum(n or 0 for n in network), peak_rss_mb(),
-                                  worker, tile=tile.name,
-                                  part_workers=tuple((r.worker, r.peak_rss_mb) for r in written if not r.skipped)))
-    for part in parts:
-        shutil.rmtree(part.tiles_dir, ignore_errors=True)
-    return results
+        written = [next(r for r in results if r.tile == tile.name) for results in part_results]
+        network = [r.network_bytes for r in written]
+        result = TileResult(stats, None if None in network else sum(n or 0 for n in network), peak_rss_mb(), worker,
+                            tile=tile.name, part_workers=tuple((r.worker, r.peak_rss_mb) for r in written
+                                                               if not r.skipped))
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the part's last tile: its folder goes too (else it is not empty)
+            folder.parent.rmdir()
+    return result
 
 
 @contextmanager
@@ -342,10 +342,10 @@ def _dask_task(job: TileJob) -> list[TileResult]:
     return write_tile_group(job, worker=_worker_name())
 
 
-def _dask_join(job: TileJob, parts: Sequence[TileJob],
+def _dask_join(job: TileJob, tile: TileId, parts: Sequence[TileJob],
                part_results: Sequence[Sequence[TileResult]]) -> list[TileResult]:
     """A cluster task: :func:`join_tile_parts` with this worker's address recorded."""
-    return join_tile_parts(job, parts, part_results, worker=_worker_name())
+    return [join_tile_parts(job, tile, parts, part_results, worker=_worker_name())]
 
 
 def connect(scheduler: str | None, local_workers: int, threads: int) -> tuple[Any, Any]:
@@ -402,7 +402,7 @@ def run_on_dask(client: Any, jobs: Sequence[TileJob], *, retries: int, on_result
 
     A job is one task, or with ``day_ranges`` > 1 (:func:`day_part_count`: fewer jobs than
     workers) one task per day range (:meth:`TileJob.day_parts`, partial tiles under
-    ``parts_dir``) and one that joins them (:func:`join_tile_parts`). A task that fails is
+    ``parts_dir``) and one per tile that joins them (:func:`join_tile_parts`). A task that fails is
     retried ``retries`` times (a worker that dies mid-task has its task rescheduled by Dask); a
     job whose task still fails is logged and its tiles listed, and the others go on.
 
@@ -425,7 +425,9 @@ def run_on_dask(client: Any, jobs: Sequence[TileJob], *, retries: int, on_result
         parts = job.day_parts(day_ranges, parts_dir)
         written = [client.submit(_dask_task, part, key=f"{key}-{part.tiles_dir.name}", retries=retries, pure=False)
                    for part in parts]
-        futures[client.submit(_dask_join, job, parts, written, key=key, retries=retries, pure=False)] = job
+        for tile in job.tiles:  # one join per tile: they run in parallel, and a failure is the tile's own
+            futures[client.submit(_dask_join, job, tile, parts, written, key=f"{key}-join-{tile.name}",
+                                  retries=retries, pure=False)] = dataclasses.replace(job, tiles=(tile,))
     failures: list[str] = []
     with progress(total=sum(len(job.tiles) for job in jobs), desc="tiles", unit="tile") as bar:
         for future in as_completed(futures):
