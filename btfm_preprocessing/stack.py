@@ -241,6 +241,10 @@ def join_day_parts(writer: TileWriter, parts: Sequence[TileArrays], parts_metada
 
 def _copy_days(target: np.ndarray, sources: Sequence[np.ndarray]) -> None:
     """Copy ``sources`` (memory maps of T_i days each) one day at a time into ``target`` (sum T_i days)."""
+    held = sum(source.shape[0] for source in sources)
+    if held != target.shape[0]:
+        raise TileFormatError(f"partial tiles hold {held} days where their tile.json files name "
+                              f"{target.shape[0]}; delete the run's cache folder and rerun")
     index = 0
     for source in sources:
         for day in range(source.shape[0]):
@@ -249,9 +253,6 @@ def _copy_days(target: np.ndarray, sources: Sequence[np.ndarray]) -> None:
             if index % RELEASE_EVERY_DAYS == 0:
                 release_pages(target)
                 release_pages(source)
-    if index != target.shape[0]:
-        raise TileFormatError(f"partial tiles hold {index} days where their tile.json files name "
-                              f"{target.shape[0]}; delete the run's cache folder and rerun")
     target.flush()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from btfm_core.errors import BTFMError
+from btfm_core.errors import BTFMError, TileFormatError
 from btfm_core.tiles import tile_layout
 from btfm_preprocessing import pipeline
 from btfm_preprocessing.sources import S1_SOURCES, S2_SOURCES, AcquisitionDay
@@ -220,6 +221,19 @@ def test_dry_run_with_overwrite_is_refused(tmp_path: Path, capsys: pytest.Captur
     assert pipeline.main([str(roi), *DATES, *CATALOG, "--dry-run", "--overwrite", "-q"]) == 2
     assert "--dry-run writes nothing, so --overwrite has no meaning" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roi.tiff"]
+
+
+def test_partial_tiles_that_disagree_with_their_records_are_refused(tmp_path: Path) -> None:
+    crop_roi(tmp_path / "roi.tiff", width=32, height=32)
+    settings, (job,) = demo_jobs(tmp_path)
+    parts = job.day_parts(2, settings.layout.tile_parts_dir)
+    written = [write_tile_group(part) for part in parts]
+    record = parts[1].tiles_dir / job.tiles[0].name / "tile.json"
+    metadata = json.loads(record.read_text())
+    record.write_text(json.dumps({**metadata, "s2_dates": metadata["s2_dates"][1:]}))  # one date fewer
+    with pytest.raises(TileFormatError, match=r"partial tiles hold 10 days where their tile\.json files name 9"):
+        join_tile_parts(job, job.tiles[0], parts, written)
+    assert not any(settings.tiles_dir.iterdir())  # nothing half-written
 
 
 def test_read_groups_follow_the_layout_and_days_split_by_scenes_for_more_workers() -> None:
