@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +37,7 @@ from btfm_core.run import ROI_FILE
 
 __all__ = ["BANDS_FILE", "DEFAULT_TILE_SIZE", "DOYS_FILE", "EMBEDDING_DIM", "MASKS_FILE", "ORBIT_DIRECTIONS",
            "ROI_FILE", "S1_BANDS", "S2_BANDS", "TileArrays", "TileId", "TileWriter",
-           "check_single_run", "list_tiles", "read_tile", "read_tile_metadata", "sar_doy_file",
+           "check_single_run", "copy_dates", "list_tiles", "read_tile", "read_tile_metadata", "sar_doy_file",
            "sar_file", "tile_bytes", "tile_layout", "write_roi_tiff"]
 
 SCHEMA_VERSION = 1
@@ -319,6 +320,24 @@ def write_roi_tiff(path: Path, mask: np.ndarray, grid: Grid) -> None:
         dst.write(mask.astype(np.uint8), 1)
 
 
+def copy_dates(target: np.ndarray, sources: Sequence[np.ndarray], release_every: int) -> None:
+    """Copy ``sources`` (T_i dates each, memory maps) one date at a time into ``target`` (a memory map of sum T_i).
+
+    The pages of both are released every ``release_every`` dates (:func:`~btfm_core.fileio.release_pages`),
+    so resident memory stays at a few dates whatever T.
+    """
+    index = 0
+    for source in sources:
+        for date in range(source.shape[0]):
+            target[index] = source[date]
+            index += 1
+            if index % release_every == 0:
+                release_pages(target)
+                release_pages(source)
+    if isinstance(target, np.memmap):
+        target.flush()
+
+
 class TileWriter:
     """Write one tile folder atomically, with large arrays going through memory maps.
 
@@ -374,12 +393,7 @@ class TileWriter:
             return
         tmp = path.with_name(f"shrink-{name}")
         new = create_npy(tmp, old.dtype, (n_dates, *old.shape[1:]))
-        for index in range(n_dates):
-            new[index] = old[index]
-            if (index + 1) % 8 == 0:  # bounded resident memory (see release_pages)
-                release_pages(new)
-                release_pages(old)
-        new.flush()
+        copy_dates(new, [old[:n_dates]], release_every=8)
         del new, old
         tmp.replace(path)
 

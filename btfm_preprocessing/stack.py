@@ -29,6 +29,7 @@ from btfm_core.tiles import (
     ORBIT_DIRECTIONS,
     TileArrays,
     TileWriter,
+    copy_dates,
     sar_doy_file,
     sar_file,
 )
@@ -245,15 +246,7 @@ def _copy_days(target: np.ndarray, sources: Sequence[np.ndarray]) -> None:
     if held != target.shape[0]:
         raise TileFormatError(f"partial tiles hold {held} days where their tile.json files name "
                               f"{target.shape[0]}; delete the run's cache folder and rerun")
-    index = 0
-    for source in sources:
-        for day in range(source.shape[0]):
-            target[index] = source[day]
-            index += 1
-            if index % RELEASE_EVERY_DAYS == 0:
-                release_pages(target)
-                release_pages(source)
-    target.flush()
+    copy_dates(target, sources, RELEASE_EVERY_DAYS)
 
 
 def _record(writer: TileWriter, kept: list[AcquisitionDay], s1_kept: dict[str, list[AcquisitionDay]],
